@@ -1,0 +1,29 @@
+/*
+ * The command line every service binary shares (DESIGN section 7):
+ *   PROG [--config FILE] [--help] [--version]
+ * Anything else on the command line is an error; settings live in the
+ * configuration file and AUTHZ_* environment variables, not in flags.
+ */
+#ifndef AZC_CLI_H
+#define AZC_CLI_H
+
+#include <stdio.h>
+
+#include "common/err.h"
+
+typedef struct azc_cli {
+    const char *config_path;   /* borrowed from argv; NULL if not given */
+} azc_cli;
+
+enum { AZC_CLI_RUN = 0, AZC_CLI_EXIT = 1 };
+
+/*
+ * Parses argv. Returns AZC_CLI_RUN to go on, AZC_CLI_EXIT after printing
+ * --help or --version on `out` (exit 0), or AZC_EINVAL after printing the
+ * error and the usage on `err` (exit 2). `summary` is one line saying what
+ * the program is.
+ */
+int azc_cli_parse(int argc, char *const *argv, const char *prog, const char *summary,
+                  azc_cli *cli, FILE *out, FILE *err) AZC_WARN_UNUSED;
+
+#endif

@@ -1,0 +1,67 @@
+/*
+ * Strict JWT verification around libjwt 1.10, which itself checks neither
+ * the algorithm nor exp/nbf/iss/aud and accepts `alg: none` when given no
+ * key (DESIGN section 6). Here:
+ *   - the key is chosen by the token's `kid` from a configured key set (or
+ *     is the only key), and the algorithm is the one configured for that
+ *     key, never the token's: a token whose header names another algorithm
+ *     is refused before libjwt sees it, which also blocks `none` and the
+ *     HS256-signed-with-the-RSA-public-key confusion;
+ *   - `exp` is required, `nbf` honoured, both with a small leeway; `iss`
+ *     must equal the configured issuer and `aud` (string or array) contain
+ *     the configured audience; `sub` must be a non-empty string.
+ * A key set is immutable once loaded; rotating keys means loading a new
+ * set and swapping the pointer (services do it on SIGHUP), so verifiers in
+ * flight never see a half-loaded set.
+ */
+#ifndef AZC_JWT_H
+#define AZC_JWT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "common/err.h"
+
+#define AZC_JWT_MAX_BYTES 8192
+
+typedef struct azc_jwt_keys azc_jwt_keys;
+
+/*
+ * Loads a key set from a JSON array of {"kid": "...", "alg": "RS256",
+ * "file": "path"}: for HS256/384/512 the file holds the raw secret (at least
+ * 32 bytes), for RS and ES a PEM public key (SubjectPublicKeyInfo) of the
+ * matching type. `base_dir` (may be NULL) resolves relative file names.
+ * On success *out is owned by the caller (azc_jwt_keys_free).
+ */
+int azc_jwt_keys_load(const json_t *spec, const char *base_dir, azc_jwt_keys **out,
+                      azc_err *e) AZC_WARN_UNUSED;
+void azc_jwt_keys_free(azc_jwt_keys *ks);
+size_t azc_jwt_keys_count(const azc_jwt_keys *ks);
+
+typedef struct azc_jwt_policy {
+    const char *issuer;      /* required */
+    const char *audience;    /* required */
+    long leeway_secs;        /* clock skew allowed for exp/nbf */
+    time_t now;              /* 0: the real clock (tests set it) */
+} azc_jwt_policy;
+
+/*
+ * Verifies `token`. On success *claims (may be NULL) is the claims object,
+ * owned by the caller (json_decref). Every failure is AZC_EINVAL with a
+ * message fit for a log line; callers answer clients with a generic 401.
+ */
+int azc_jwt_verify(const azc_jwt_keys *ks, const char *token, const azc_jwt_policy *p,
+                   json_t **claims, azc_err *e) AZC_WARN_UNUSED;
+
+/*
+ * Signs `claims` (borrowed) with `alg` and `key` (raw secret for HS algorithms, PEM
+ * private key for RS and ES algorithms), adding `kid` to the header when not NULL. For
+ * the dev-token tool and tests. *out is malloc'd, owned by the caller.
+ */
+int azc_jwt_sign(const char *alg, const unsigned char *key, size_t key_len, const char *kid,
+                 const json_t *claims, char **out, azc_err *e) AZC_WARN_UNUSED;
+
+#endif

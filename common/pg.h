@@ -1,0 +1,49 @@
+/*
+ * PostgreSQL helpers over libpq: connecting with retry and backoff, and
+ * running parameterised statements with one place that turns a failed
+ * PGresult into a status code and a message. SQL text is always a
+ * constant; values travel as parameters, never spliced into the text.
+ */
+#ifndef AZC_PG_H
+#define AZC_PG_H
+
+#include <libpq-fe.h>
+
+#include "common/err.h"
+#include "common/log.h"
+
+/*
+ * Connects to `conninfo` (URI or key=value), retrying with exponential
+ * backoff (50 ms doubling to 2 s, with jitter) until `timeout_ms` passes, so
+ * a service may start before its database. `application_name` may be NULL.
+ * On success *out is a new connection owned by the caller (PQfinish).
+ * AZC_EUNAVAIL when the deadline passes, with the last libpq error.
+ */
+int azc_pg_connect(const char *conninfo, const char *application_name, int timeout_ms,
+                   azc_log *lg, PGconn **out, azc_err *e) AZC_WARN_UNUSED;
+
+/*
+ * Runs one statement with text parameters (PQexecParams). Success is
+ * PGRES_COMMAND_OK or PGRES_TUPLES_OK; then *res (when res is not NULL)
+ * holds the result, owned by the caller (PQclear). On failure *res is NULL,
+ * the message carries the server's message and SQLSTATE, and the code is
+ * AZC_ECONFLICT for integrity violations (class 23), AZC_EUNAVAIL when the
+ * connection is gone, AZC_ERROR otherwise.
+ */
+int azc_pg_query(PGconn *c, const char *sql, int nparams, const char *const *params,
+                 PGresult **res, azc_err *e) AZC_WARN_UNUSED;
+
+/* Runs a trusted multi-statement script (a migration file; never text
+ * built from input) with PQexec. Same error mapping as azc_pg_query. */
+int azc_pg_exec_script(PGconn *c, const char *script, azc_err *e) AZC_WARN_UNUSED;
+
+int azc_pg_begin(PGconn *c, azc_err *e) AZC_WARN_UNUSED;
+int azc_pg_commit(PGconn *c, azc_err *e) AZC_WARN_UNUSED;
+/* Best effort: a failed rollback leaves the connection for the caller to
+ * reset; nothing is committed either way. */
+void azc_pg_rollback(PGconn *c);
+
+/* The SQLSTATE of a failed result ("" when none). */
+const char *azc_pg_sqlstate(const PGresult *r);
+
+#endif
