@@ -56,15 +56,14 @@ static int load_env(azc_config *cfg, char *const *envp, azc_err *e)
         if (eq == NULL)
             continue;
         us = memchr(name, '_', (size_t)(eq - name));
+        /* Names that do not fit AUTHZ_<SECTION>_<KEY> (AUTHZ_REGIONS, ...)
+         * belong to the tooling, not to a service: not ours to judge. */
         if (us == NULL)
-            return azc_err_set(e, AZC_EINVAL,
-                               "environment variable %.*s%.*s: expected AUTHZ_<SECTION>_<KEY>",
-                               (int)strlen(ENV_PREFIX), ENV_PREFIX, (int)(eq - name), name);
+            continue;
         slen = (size_t)(us - name);
         klen = (size_t)(eq - us - 1);
         if (slen >= sizeof section || klen >= sizeof key)
-            return azc_err_set(e, AZC_EINVAL, "environment variable %.*s: name too long",
-                               (int)(eq - entry), entry);
+            continue;
         for (i = 0; i < slen; i++)
             section[i] = (char)tolower((unsigned char)name[i]);
         section[slen] = '\0';
@@ -72,10 +71,7 @@ static int load_env(azc_config *cfg, char *const *envp, azc_err *e)
             key[i] = (char)tolower((unsigned char)us[1 + i]);
         key[klen] = '\0';
         if (!valid_name(section, slen, 0) || !valid_name(key, klen, 1))
-            return azc_err_set(e, AZC_EINVAL,
-                               "environment variable %.*s: expected AUTHZ_<SECTION>_<KEY> "
-                               "with letters, digits and underscores",
-                               (int)(eq - entry), entry);
+            continue;
         sec = json_object_get(cfg->env, section);
         if (sec == NULL) {
             sec = json_object();
@@ -214,13 +210,28 @@ static int is_known(const azc_config_key *known, size_t n, const char *s, const 
     return 0;
 }
 
+static int section_known(const azc_config_key *known, size_t n, const char *s)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (strcmp(known[i].section, s) == 0)
+            return 1;
+    return 0;
+}
+
+/* In the file every key must be known. In the environment only sections
+ * the binary has are checked: AUTHZ_BIN_DIR and the like belong to the
+ * tooling, while AUTHZ_HTTP_PROT is a typo worth stopping for. */
 static int check_tree(json_t *tree, const char *where, const azc_config_key *known, size_t n,
-                      azc_err *e)
+                      int only_known_sections, azc_err *e)
 {
     const char *sname, *kname;
     json_t *sec, *v;
 
     json_object_foreach(tree, sname, sec) {
+        if (only_known_sections && !section_known(known, n, sname))
+            continue;
         json_object_foreach(sec, kname, v) {
             if (!is_known(known, n, sname, kname))
                 return azc_err_set(e, AZC_EINVAL, "%s: unknown key \"%s.%s\"", where, sname, kname);
@@ -231,11 +242,11 @@ static int check_tree(json_t *tree, const char *where, const azc_config_key *kno
 
 int azc_config_check(const azc_config *cfg, const azc_config_key *known, size_t n, azc_err *e)
 {
-    int rc = check_tree(cfg->file, "configuration", known, n, e);
+    int rc = check_tree(cfg->file, "configuration", known, n, 0, e);
 
     if (rc != AZC_OK)
         return rc;
-    return check_tree(cfg->env, "environment", known, n, e);
+    return check_tree(cfg->env, "environment", known, n, 1, e);
 }
 
 /* Finds the value: environment first (*from_env = 1), then the file. */

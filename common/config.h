@@ -10,8 +10,11 @@
  * wrong type stops the service at start-up with a clear message.
  *
  * Each binary declares the keys it knows in a table; azc_config_check
- * rejects any other key in the file or in AUTHZ_* variables, so a
- * misspelt setting is an error rather than a silently ignored default.
+ * rejects any other key in the file, and in AUTHZ_* variables any other
+ * key of a section the binary has, so a misspelt setting is an error
+ * rather than a silently ignored default. AUTHZ_* variables of other
+ * sections (AUTHZ_BIN_DIR) or of another shape (AUTHZ_REGIONS) belong to
+ * the tooling and are ignored.
  */
 #ifndef AZC_CONFIG_H
 #define AZC_CONFIG_H

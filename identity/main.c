@@ -1,0 +1,429 @@
+/*
+ * authz-identity: admin REST API for users, teams, roles and assignments,
+ * with a transactional outbox and its relay to the region's Kafka topic.
+ *
+ * Wiring only: configuration, migrations, worker threads (one event loop,
+ * HTTP server and database connection each, sharing the port through
+ * SO_REUSEPORT), the relay thread, and signals (SIGTERM/SIGINT stop,
+ * SIGHUP reloads the JWT keys). The API and the relay can run in separate
+ * processes of the same binary (api.enabled / relay.enabled).
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "common/cli.h"
+#include "common/config.h"
+#include "common/http.h"
+#include "common/migrate.h"
+#include "common/pg.h"
+#include "identity/dispatch.h"
+#include "identity/relay.h"
+#include "identity/service.h"
+
+extern char **environ;
+
+#define MAX_WORKERS 16
+
+static const azc_config_key KNOWN[] = {
+    { "service", "region" },      { "service", "regions" },
+    { "http", "addr" },           { "http", "port" },
+    { "http", "workers" },        { "http", "max_body_bytes" },
+    { "pg", "url" },              { "pg", "migrations_dir" },
+    { "kafka", "bootstrap" },     { "kafka", "topic" },
+    { "relay", "enabled" },       { "relay", "heartbeat_ms" },
+    { "relay", "max_in_flight" }, { "api", "enabled" },
+    { "auth", "keys_file" },      { "auth", "issuer" },
+    { "auth", "audience" },       { "auth", "leeway_secs" },
+    { "auth", "admin_subjects" }, { "auth", "admin_claim" },
+    { "idempotency", "ttl_secs" }, { "log", "level" },
+};
+
+struct id_worker {
+    id_shared *sh;
+    int index;
+    struct event_base *base;
+    azc_http *http;
+    PGconn *pg;
+    id_bound bound[32];
+    pthread_t thread;
+};
+
+typedef struct app {
+    azc_config *cfg;
+    id_shared sh;
+    const char *migrations_dir;
+    const char *bootstrap, *topic;
+    char topic_buf[64];
+    int relay_enabled, api_enabled;
+    long long heartbeat_ms, max_in_flight;
+    id_worker workers[MAX_WORKERS];
+    int nworkers;
+    id_relay *relay;
+    int bound_port;
+} app;
+
+/* Splits "a,b,c" into fixed slots; AZC_EINVAL names the key. */
+static int split_list(const char *s, char *slots, size_t slot_len, size_t max, size_t *n,
+                      const char *key, azc_err *e)
+{
+    const char *p = s;
+
+    *n = 0;
+    while (p != NULL && *p != '\0') {
+        size_t len = strcspn(p, ",");
+        while (len > 0 && *p == ' ') {
+            p++;
+            len--;
+        }
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (len == 0 || len >= slot_len)
+            return azc_err_set(e, AZC_EINVAL, "configuration: %s has an empty or too long item",
+                               key);
+        if (*n == max)
+            return azc_err_set(e, AZC_EINVAL, "configuration: %s has more than %zu items", key, max);
+        memcpy(slots + *n * slot_len, p, len);
+        slots[*n * slot_len + len] = '\0';
+        (*n)++;
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    return AZC_OK;
+}
+
+static int load_settings(app *a, azc_err *e)
+{
+    id_settings *s = &a->sh.set;
+    const char *regions = NULL, *admins = NULL, *level = NULL;
+    long long port, workers, body;
+    azc_log_level lvl;
+    size_t i;
+    int rc, found = 0;
+
+    if ((rc = azc_config_check(a->cfg, KNOWN, sizeof KNOWN / sizeof KNOWN[0], e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "log", "level", "info", &level, e)) != AZC_OK ||
+        (rc = azc_log_level_parse(level, &lvl, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "service", "region", NULL, &s->region, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "service", "regions", NULL, &regions, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "pg", "url", NULL, &s->pg_url, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "pg", "migrations_dir", AUTHZ_SQL_DIR "/identity",
+                                    &a->migrations_dir, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "http", "addr", "127.0.0.1", &s->http_addr, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "http", "port", 8080, 0, 65535, &port, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "http", "workers", 2, 1, MAX_WORKERS, &workers, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "http", "max_body_bytes", 64 * 1024, 1024, 16 * 1024 * 1024,
+                                 &body, e)) != AZC_OK ||
+        (rc = azc_config_get_bool(a->cfg, "api", "enabled", 1, &a->api_enabled, e)) != AZC_OK ||
+        (rc = azc_config_get_bool(a->cfg, "relay", "enabled", 1, &a->relay_enabled, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "relay", "heartbeat_ms", 200, 10, 60000, &a->heartbeat_ms,
+                                 e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "relay", "max_in_flight", 1000, 1, 100000,
+                                 &a->max_in_flight, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "kafka", "bootstrap", NULL, &a->bootstrap, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "kafka", "topic", NULL, &a->topic, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "auth", "keys_file", NULL, &s->keys_file, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "auth", "issuer", NULL, &s->issuer, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "auth", "audience", NULL, &s->audience, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "auth", "leeway_secs", 30, 0, 600, &s->leeway_secs, e)) !=
+            AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "auth", "admin_subjects", "", &admins, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "auth", "admin_claim", "authz_admin", &s->admin_claim,
+                                    e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "idempotency", "ttl_secs", 86400, 60, 30 * 86400,
+                                 &s->idempotency_ttl_secs, e)) != AZC_OK)
+        return rc;
+    azc_log_set_level(a->sh.log, lvl);
+    s->http_port = (int)port;
+    s->workers = (int)workers;
+    s->max_body_bytes = body;
+    if (s->region == NULL || !azc_region_valid(s->region))
+        return azc_err_set(e, AZC_EINVAL, "configuration: service.region must be set to a region "
+                                          "name ([a-z][a-z0-9-], at most 32 characters)");
+    if (regions == NULL)
+        return azc_err_set(e, AZC_EINVAL, "configuration: service.regions must list every region "
+                                          "(comma-separated)");
+    if ((rc = split_list(regions, &s->regions[0][0], sizeof s->regions[0], ID_MAX_REGIONS,
+                         &s->nregions, "service.regions", e)) != AZC_OK)
+        return rc;
+    for (i = 0; i < s->nregions; i++) {
+        if (!azc_region_valid(s->regions[i]))
+            return azc_err_set(e, AZC_EINVAL, "configuration: service.regions: \"%s\" is not a "
+                                              "region name", s->regions[i]);
+        found |= strcmp(s->regions[i], s->region) == 0;
+    }
+    if (!found)
+        return azc_err_set(e, AZC_EINVAL, "configuration: service.regions must include "
+                                          "service.region \"%s\"", s->region);
+    if ((rc = split_list(admins, &s->admin_subjects[0][0], sizeof s->admin_subjects[0],
+                         ID_MAX_ADMINS, &s->nadmins, "auth.admin_subjects", e)) != AZC_OK)
+        return rc;
+    if (s->pg_url == NULL)
+        return azc_err_set(e, AZC_EINVAL, "configuration: pg.url must be set");
+    if (a->api_enabled && (s->keys_file == NULL || s->issuer == NULL || s->audience == NULL))
+        return azc_err_set(e, AZC_EINVAL, "configuration: auth.keys_file, auth.issuer and "
+                                          "auth.audience must be set when the API is enabled");
+    if (a->relay_enabled && a->bootstrap == NULL)
+        return azc_err_set(e, AZC_EINVAL, "configuration: kafka.bootstrap must be set when the "
+                                          "relay is enabled");
+    if (a->topic == NULL) {
+        snprintf(a->topic_buf, sizeof a->topic_buf, "identity-events.%s", s->region);
+        a->topic = a->topic_buf;
+    }
+    if (!a->api_enabled && !a->relay_enabled)
+        return azc_err_set(e, AZC_EINVAL, "configuration: api.enabled and relay.enabled are "
+                                          "both false: nothing to run");
+    return AZC_OK;
+}
+
+/* Reads the key-set file: a JSON array of {kid, alg, file}, files relative
+ * to the key-set file's folder. */
+static int load_keys(id_shared *sh, azc_jwt_keys **out, azc_err *e)
+{
+    char dir[PATH_MAX];
+    json_error_t jerr;
+    json_t *spec;
+    int rc;
+
+    spec = json_load_file(sh->set.keys_file, JSON_REJECT_DUPLICATES, &jerr);
+    if (spec == NULL)
+        return azc_err_set(e, AZC_EINVAL, "auth.keys_file %s: %s (line %d)", sh->set.keys_file,
+                           jerr.text, jerr.line);
+    snprintf(dir, sizeof dir, "%s", sh->set.keys_file);
+    rc = azc_jwt_keys_load(spec, dirname(dir), out, e);
+    json_decref(spec);
+    return rc;
+}
+
+static int worker_ready(void *arg, azc_err *why)
+{
+    id_worker *w = arg;
+
+    if (PQstatus(w->pg) != CONNECTION_OK)
+        return azc_err_set(why, AZC_EUNAVAIL, "database connection is down");
+    return AZC_OK;
+}
+
+static void *worker_main(void *arg)
+{
+    id_worker *w = arg;
+
+    if (event_base_dispatch(w->base) < 0)
+        azc_logf(w->sh->log, AZC_LOG_ERROR, "worker %d: event loop failed", w->index);
+    return NULL;
+}
+
+static int worker_init(app *a, id_worker *w, int index, azc_err *e)
+{
+    azc_http_options opts;
+    size_t i;
+    int rc;
+
+    memset(&opts, 0, sizeof opts);
+    w->sh = &a->sh;
+    w->index = index;
+    w->base = event_base_new();
+    if (w->base == NULL)
+        return azc_err_set(e, AZC_ERROR, "cannot create an event loop");
+    if ((rc = azc_pg_connect(a->sh.set.pg_url, "authz-identity", 30000, a->sh.log, &w->pg, e)) !=
+        AZC_OK)
+        return rc;
+    opts.max_body_bytes = (size_t)a->sh.set.max_body_bytes;
+    opts.service = "identity";
+    opts.reuse_port = 1;
+    w->http = azc_http_new(w->base, &opts, a->sh.log, a->sh.metrics, e);
+    if (w->http == NULL)
+        return AZC_ERROR;
+    if (id_routes_count > sizeof w->bound / sizeof w->bound[0])
+        return azc_err_set(e, AZC_ERROR, "too many routes");
+    for (i = 0; i < id_routes_count; i++) {
+        azc_http_route route = { id_routes[i].methods, id_routes[i].pattern, id_dispatch,
+                                 id_routes[i].flags, id_routes[i].max_body };
+        w->bound[i].sh = &a->sh;
+        w->bound[i].pg = &w->pg;
+        w->bound[i].handler = id_routes[i].handler;
+        if (azc_http_add_routes(w->http, &route, 1, &w->bound[i]) != AZC_OK)
+            return azc_err_set(e, AZC_ERROR, "cannot register route %s", id_routes[i].pattern);
+    }
+    azc_http_set_ready_cb(w->http, worker_ready, w);
+    /* Worker 0 picks the port (it may be 0 = ephemeral); the others share it. */
+    rc = azc_http_bind(w->http, a->sh.set.http_addr,
+                       index == 0 ? a->sh.set.http_port : a->bound_port, e);
+    if (rc != AZC_OK)
+        return rc;
+    if (index == 0)
+        a->bound_port = azc_http_bound_port(w->http);
+    return AZC_OK;
+}
+
+static void worker_free(id_worker *w)
+{
+    azc_http_free(w->http);
+    PQfinish(w->pg);
+    if (w->base != NULL)
+        event_base_free(w->base);
+    memset(w, 0, sizeof *w);
+}
+
+static int migrate(app *a, azc_err *e)
+{
+    PGconn *c = NULL;
+    int applied = 0, rc;
+
+    if ((rc = azc_pg_connect(a->sh.set.pg_url, "authz-identity-migrate", 30000, a->sh.log, &c,
+                             e)) != AZC_OK)
+        return rc;
+    rc = azc_migrate(c, a->migrations_dir, "identity", a->sh.log, &applied, e);
+    PQfinish(c);
+    if (rc == AZC_OK)
+        azc_logf(a->sh.log, AZC_LOG_INFO, "migrations: %d applied", applied);
+    return rc;
+}
+
+static void reload_keys(app *a)
+{
+    azc_jwt_keys *fresh = NULL, *old;
+    azc_err e;
+
+    if (!a->api_enabled)
+        return;
+    if (load_keys(&a->sh, &fresh, &e) != AZC_OK) {
+        azc_logf(a->sh.log, AZC_LOG_ERROR, "SIGHUP: keeping the old keys: %s", e.msg);
+        return;
+    }
+    pthread_rwlock_wrlock(&a->sh.keys_lock);
+    old = a->sh.keys;
+    a->sh.keys = fresh;
+    pthread_rwlock_unlock(&a->sh.keys_lock);
+    azc_jwt_keys_free(old);
+    azc_logf(a->sh.log, AZC_LOG_INFO, "SIGHUP: %zu JWT keys loaded", azc_jwt_keys_count(fresh));
+}
+
+static int run(app *a, azc_err *e)
+{
+    sigset_t set;
+    int i, rc, sig = 0;
+
+    if ((rc = migrate(a, e)) != AZC_OK)
+        return rc;
+    if (a->api_enabled) {
+        if ((rc = load_keys(&a->sh, &a->sh.keys, e)) != AZC_OK)
+            return rc;
+        for (i = 0; i < a->sh.set.workers; i++) {
+            if ((rc = worker_init(a, &a->workers[i], i, e)) != AZC_OK)
+                return rc;
+            a->nworkers++;
+        }
+    }
+    if (a->relay_enabled) {
+        id_relay_config rc_cfg = { a->sh.set.pg_url, a->bootstrap, a->topic, a->sh.set.region,
+                                   (int)a->heartbeat_ms, (int)a->max_in_flight, a->sh.log,
+                                   a->sh.metrics };
+        a->relay = id_relay_new(&rc_cfg, e);
+        if (a->relay == NULL || (rc = id_relay_start(a->relay, e)) != AZC_OK)
+            return AZC_ERROR;
+    }
+    for (i = 0; i < a->nworkers; i++) {
+        if (pthread_create(&a->workers[i].thread, NULL, worker_main, &a->workers[i]) != 0)
+            return azc_err_set(e, AZC_ERROR, "cannot start worker thread");
+    }
+    {
+        json_t *f = json_pack("{s:s, s:i, s:i, s:b, s:b}", "region", a->sh.set.region, "port",
+                              a->bound_port, "workers", a->nworkers, "api", a->api_enabled,
+                              "relay", a->relay_enabled);
+        azc_log_write(a->sh.log, AZC_LOG_INFO, NULL, f, "authz-identity started");
+        json_decref(f);
+    }
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    for (;;) {
+        if (sigwait(&set, &sig) != 0)
+            break;
+        if (sig == SIGHUP) {
+            reload_keys(a);
+            continue;
+        }
+        break;
+    }
+    azc_logf(a->sh.log, AZC_LOG_INFO, "signal %d: shutting down", sig);
+    /* Each loop finishes the request it is running (a whole transaction)
+     * before it exits. */
+    for (i = 0; i < a->nworkers; i++)
+        event_base_loopexit(a->workers[i].base, NULL);
+    for (i = 0; i < a->nworkers; i++)
+        pthread_join(a->workers[i].thread, NULL);
+    return AZC_OK;
+}
+
+int main(int argc, char **argv)
+{
+    app a;
+    azc_cli cli;
+    azc_err e;
+    sigset_t set;
+    int rc, i;
+
+    memset(&a, 0, sizeof a);
+    rc = azc_cli_parse(argc, argv, "authz-identity",
+                       "admin REST API for users, teams and roles, with its outbox relay to Kafka",
+                       &cli, stdout, stderr);
+    if (rc != AZC_CLI_RUN)
+        return rc == AZC_CLI_EXIT ? 0 : 2;
+    /* Block the signals before any thread starts: only sigwait sees them. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() != 0) {
+        fprintf(stderr, "authz-identity: libevent without thread support\n");
+        return 1;
+    }
+    a.sh.log = azc_log_new("identity", AZC_LOG_INFO, stderr);
+    a.sh.metrics = azc_metrics_new();
+    if (a.sh.log == NULL || a.sh.metrics == NULL || pthread_rwlock_init(&a.sh.keys_lock, NULL) != 0) {
+        fprintf(stderr, "authz-identity: out of memory\n");
+        return 1;
+    }
+    a.sh.m_mutations = azc_metrics_counter(a.sh.metrics, "identity_mutations_total",
+                                           "Committed admin changes by route.",
+                                           (const char *const[]){ "route", NULL });
+    azc_err_clear(&e);
+    rc = azc_config_load(&a.cfg, cli.config_path, environ, &e);
+    if (rc == AZC_OK)
+        rc = load_settings(&a, &e);
+    if (rc != AZC_OK) {
+        azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
+        fprintf(stderr, "authz-identity: %s\n", e.msg);
+        rc = 2;
+        goto out;
+    }
+    rc = run(&a, &e);
+    if (rc != AZC_OK) {
+        azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
+        rc = 1;
+    }
+out:
+    id_relay_free(a.relay);
+    for (i = 0; i < MAX_WORKERS; i++)
+        worker_free(&a.workers[i]);
+    azc_jwt_keys_free(a.sh.keys);
+    pthread_rwlock_destroy(&a.sh.keys_lock);
+    azc_config_free(a.cfg);
+    azc_metrics_free(a.sh.metrics);
+    azc_log_free(a.sh.log);
+    return rc;
+}
