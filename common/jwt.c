@@ -14,6 +14,7 @@
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 
 #define MAX_KEYS 32
 #define MAX_KEY_FILE (64 * 1024)
@@ -28,6 +29,18 @@ struct jwt_key {
 
 struct azc_jwt_keys {
     struct jwt_key keys[MAX_KEYS];
+    size_t n;
+    uint64_t id;               /* random: tells key sets apart in caches */
+};
+
+struct cache_slot {
+    unsigned char digest[32];
+    uint64_t keys_id;
+    json_t *claims;            /* NULL: empty slot */
+};
+
+struct azc_jwt_cache {
+    struct cache_slot *slots;
     size_t n;
 };
 
@@ -139,6 +152,10 @@ int azc_jwt_keys_load(const json_t *spec, const char *base_dir, azc_jwt_keys **o
     ks = calloc(1, sizeof *ks);
     if (ks == NULL)
         return azc_err_set(e, AZC_ENOMEM, "out of memory");
+    if (RAND_bytes((unsigned char *)&ks->id, sizeof ks->id) != 1) {
+        free(ks);
+        return azc_err_set(e, AZC_ERROR, "random generator failed");
+    }
     json_array_foreach(spec, i, item) {
         const char *kid = json_string_value(json_object_get(item, "kid"));
         const char *alg = json_string_value(json_object_get(item, "alg"));
@@ -377,6 +394,70 @@ int azc_jwt_verify(const azc_jwt_keys *ks, const char *token, const azc_jwt_poli
         *claims = c;
     else
         json_decref(c);
+    return AZC_OK;
+}
+
+azc_jwt_cache *azc_jwt_cache_new(size_t capacity)
+{
+    azc_jwt_cache *c = calloc(1, sizeof *c);
+
+    if (c == NULL)
+        return NULL;
+    c->n = capacity > 0 ? capacity : 1;
+    c->slots = calloc(c->n, sizeof *c->slots);
+    if (c->slots == NULL) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void azc_jwt_cache_free(azc_jwt_cache *c)
+{
+    size_t i;
+
+    if (c == NULL)
+        return;
+    for (i = 0; i < c->n; i++)
+        json_decref(c->slots[i].claims);
+    free(c->slots);
+    free(c);
+}
+
+int azc_jwt_verify_cached(azc_jwt_cache *c, const azc_jwt_keys *ks, const char *token,
+                          const azc_jwt_policy *p, json_t **claims, azc_err *e)
+{
+    unsigned char digest[32];
+    unsigned int dlen = 0;
+    struct cache_slot *slot;
+    json_t *fresh = NULL;
+    uint64_t index;
+    int rc;
+
+    if (c == NULL || ks == NULL || p == NULL || token == NULL || strlen(token) > AZC_JWT_MAX_BYTES ||
+        EVP_Digest(token, strlen(token), digest, &dlen, EVP_sha256(), NULL) != 1 || dlen != 32)
+        return azc_jwt_verify(ks, token, p, claims, e);
+    memcpy(&index, digest, sizeof index);
+    slot = &c->slots[index % c->n];
+    if (slot->claims != NULL && slot->keys_id == ks->id &&
+        memcmp(slot->digest, digest, sizeof digest) == 0) {
+        /* The signature was good; time and audience may not be any more. */
+        if ((rc = check_claims(slot->claims, p, e)) != AZC_OK)
+            return rc;
+        if (claims != NULL)
+            *claims = json_incref(slot->claims);
+        return AZC_OK;
+    }
+    if ((rc = azc_jwt_verify(ks, token, p, &fresh, e)) != AZC_OK)
+        return rc;
+    json_decref(slot->claims);
+    memcpy(slot->digest, digest, sizeof digest);
+    slot->keys_id = ks->id;
+    slot->claims = json_incref(fresh);
+    if (claims != NULL)
+        *claims = fresh;
+    else
+        json_decref(fresh);
     return AZC_OK;
 }
 

@@ -57,6 +57,26 @@ int azc_jwt_verify(const azc_jwt_keys *ks, const char *token, const azc_jwt_poli
                    json_t **claims, azc_err *e) AZC_WARN_UNUSED;
 
 /*
+ * A cache of verified tokens, for a thread's own use (no locking). Signature
+ * checks through libjwt and OpenSSL 3 cost several hundred microseconds
+ * (the PEM key is parsed on every call), while an admin or a gateway sends
+ * the same token many times: a hit costs a SHA-256 of the token and the
+ * claim checks (exp, nbf, iss, aud run again on every hit, so an expired
+ * token never passes). Entries are keyed by the whole token's digest and
+ * by the key set that verified them, so a rotated key set never reuses
+ * them. Direct-mapped: a colliding token replaces the older entry.
+ */
+typedef struct azc_jwt_cache azc_jwt_cache;
+
+/* capacity: number of slots (at least 1). NULL when out of memory. */
+azc_jwt_cache *azc_jwt_cache_new(size_t capacity);
+void azc_jwt_cache_free(azc_jwt_cache *c);
+
+/* azc_jwt_verify through the cache `c` (NULL: no cache). */
+int azc_jwt_verify_cached(azc_jwt_cache *c, const azc_jwt_keys *ks, const char *token,
+                          const azc_jwt_policy *p, json_t **claims, azc_err *e) AZC_WARN_UNUSED;
+
+/*
  * Signs `claims` (borrowed) with `alg` and `key` (raw secret for HS algorithms, PEM
  * private key for RS and ES algorithms), adding `kid` to the header when not NULL. For
  * the dev-token tool and tests. *out is malloc'd, owned by the caller.

@@ -130,7 +130,7 @@ void azc_log_write(azc_log *lg, azc_log_level lvl, const char *request_id,
                 json_object_set(line, key, val);
         }
     }
-    text = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    text = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     json_decref(line);
     if (text == NULL)
         return;

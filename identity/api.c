@@ -513,6 +513,24 @@ void id_reply_page(id_call *c, const char *sql, int nextra, const char *const *e
     azc_http_reply_json(c->r, 200, id_page_body(items, limit, id_key));
 }
 
+void id_reply_get(id_call *c, const char *sql, const char *what)
+{
+    const char *id = id_param_uuid_or_reply(c, "id", what);
+    PGresult *res = NULL;
+    const char *p[1];
+
+    if (id == NULL)
+        return;
+    p[0] = id;
+    if (!id_query_or_reply(c, sql, 1, p, &res, NULL))
+        return;
+    if (PQntuples(res) == 0)
+        id_reply_error(c, 404, "not_found", "no such %s", what);
+    else
+        id_reply_row(c, 200, res);
+    PQclear(res);
+}
+
 int id_lock_row_or_reply(id_call *c, const char *sql, const char *id, const char *what)
 {
     const char *p[1] = { id };
@@ -587,7 +605,7 @@ void id_dispatch(azc_http_req *r, void *arg)
     policy.now = 0;
     azc_err_clear(&e);
     pthread_rwlock_rdlock(&c.sh->keys_lock);
-    rc = azc_jwt_verify(c.sh->keys, token, &policy, &claims, &e);
+    rc = azc_jwt_verify_cached(b->jwt_cache, c.sh->keys, token, &policy, &claims, &e);
     pthread_rwlock_unlock(&c.sh->keys_lock);
     if (rc != AZC_OK) {
         unauthorized(&c, e.msg);

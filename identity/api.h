@@ -84,6 +84,10 @@ void id_reply_page(id_call *c, const char *sql, int nextra, const char *const *e
  * checks If-Match: 1 to go on, 0 after 404 ("no such <what>") or 412. */
 int id_lock_row_or_reply(id_call *c, const char *sql, const char *id, const char *what);
 
+/* GET of one row: `sql` ($1 = the {id} path parameter) returns the row's
+ * JSON; 200 with its ETag, or 404 "no such <what>". */
+void id_reply_get(id_call *c, const char *sql, const char *what);
+
 /* Replies 200/201 with one JSON row of a read, with its ETag. */
 void id_reply_row(id_call *c, int status, PGresult *res);
 

@@ -15,6 +15,7 @@ typedef struct id_bound {
     id_shared *sh;
     PGconn **pg;          /* the worker's connection (PQreset keeps the pointer) */
     id_handler handler;
+    azc_jwt_cache *jwt_cache;   /* the worker's: verified tokens */
 } id_bound;
 
 void id_dispatch(azc_http_req *r, void *arg);

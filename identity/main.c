@@ -54,6 +54,7 @@ struct id_worker {
     struct event_base *base;
     azc_http *http;
     PGconn *pg;
+    azc_jwt_cache *jwt_cache;
     id_bound bound[32];
     pthread_t thread;
 };
@@ -233,7 +234,8 @@ static int worker_init(app *a, id_worker *w, int index, azc_err *e)
     w->sh = &a->sh;
     w->index = index;
     w->base = event_base_new();
-    if (w->base == NULL)
+    w->jwt_cache = azc_jwt_cache_new(1024);
+    if (w->base == NULL || w->jwt_cache == NULL)
         return azc_err_set(e, AZC_ERROR, "cannot create an event loop");
     if ((rc = azc_pg_connect(a->sh.set.pg_url, "authz-identity", 30000, a->sh.log, &w->pg, e)) !=
         AZC_OK)
@@ -252,6 +254,7 @@ static int worker_init(app *a, id_worker *w, int index, azc_err *e)
         w->bound[i].sh = &a->sh;
         w->bound[i].pg = &w->pg;
         w->bound[i].handler = id_routes[i].handler;
+        w->bound[i].jwt_cache = w->jwt_cache;
         if (azc_http_add_routes(w->http, &route, 1, &w->bound[i]) != AZC_OK)
             return azc_err_set(e, AZC_ERROR, "cannot register route %s", id_routes[i].pattern);
     }
@@ -269,6 +272,7 @@ static int worker_init(app *a, id_worker *w, int index, azc_err *e)
 static void worker_free(id_worker *w)
 {
     azc_http_free(w->http);
+    azc_jwt_cache_free(w->jwt_cache);
     PQfinish(w->pg);
     if (w->base != NULL)
         event_base_free(w->base);

@@ -131,20 +131,7 @@ void id_role_list(id_call *c)
 
 void id_role_get(id_call *c)
 {
-    const char *id = id_param_uuid_or_reply(c, "id", "role");
-    PGresult *res = NULL;
-    const char *p[1];
-
-    if (id == NULL)
-        return;
-    p[0] = id;
-    if (!id_query_or_reply(c, SQL_GET, 1, p, &res, NULL))
-        return;
-    if (PQntuples(res) == 0)
-        id_reply_error(c, 404, "not_found", "no such role");
-    else
-        id_reply_row(c, 200, res);
-    PQclear(res);
+    id_reply_get(c, SQL_GET, "role");
 }
 
 void id_role_patch(id_call *c)

@@ -383,6 +383,55 @@ static void test_single_key_without_kid(void **state)
     json_decref(spec);
 }
 
+static void test_cache(void **state)
+{
+    struct fixture *fx = *state;
+    azc_jwt_cache *c = azc_jwt_cache_new(8);
+    azc_jwt_policy p = { ISS, AUD, 0, NOW };
+    json_t *spec = json_pack("[{s:s,s:s,s:s}]", "kid", "hs1", "alg", "HS256", "file", "hmac.key");
+    azc_jwt_keys *rotated;
+    json_t *cl = NULL;
+    char *t = sign("HS256", SECRET, strlen(SECRET), "hs1", claims(300));
+    char *bad;
+    azc_err e;
+    int i;
+
+    for (i = 0; i < 3; i++) {      /* miss, then hits */
+        assert_int_equal(azc_jwt_verify_cached(c, fx->keys, t, &p, &cl, &e), AZC_OK);
+        assert_string_equal(json_string_value(json_object_get(cl, "sub")), "alice");
+        json_decref(cl);
+        cl = NULL;
+    }
+    /* a hit still checks time and audience */
+    p.now = NOW + 400;
+    assert_int_equal(azc_jwt_verify_cached(c, fx->keys, t, &p, &cl, &e), AZC_EINVAL);
+    assert_non_null(strstr(e.msg, "expired"));
+    assert_null(cl);
+    p.now = NOW;
+    p.audience = "other";
+    assert_int_equal(azc_jwt_verify_cached(c, fx->keys, t, &p, NULL, &e), AZC_EINVAL);
+    p.audience = AUD;
+    /* a tampered token is not a hit */
+    bad = strdup(t);
+    bad[strlen(bad) - 2] ^= 1;
+    assert_int_equal(azc_jwt_verify_cached(c, fx->keys, bad, &p, NULL, &e), AZC_EINVAL);
+    free(bad);
+    /* another key set (rotation) verifies again: same secret here, so OK */
+    assert_int_equal(azc_jwt_keys_load(spec, fx->dir, &rotated, &e), AZC_OK);
+    assert_int_equal(azc_jwt_verify_cached(c, rotated, t, &p, NULL, &e), AZC_OK);
+    azc_jwt_keys_free(rotated);
+    /* a key set without the kid: the cached entry of the old set is not used */
+    json_decref(spec);
+    spec = json_pack("[{s:s,s:s,s:s}]", "kid", "ec1", "alg", "ES256", "file", "ec.pub");
+    assert_int_equal(azc_jwt_keys_load(spec, fx->dir, &rotated, &e), AZC_OK);
+    assert_int_equal(azc_jwt_verify_cached(c, rotated, t, &p, NULL, &e), AZC_EINVAL);
+    azc_jwt_keys_free(rotated);
+    json_decref(spec);
+    free(t);
+    azc_jwt_cache_free(c);
+    azc_jwt_cache_free(NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -394,6 +443,7 @@ int main(void)
         cmocka_unit_test(test_malformed_tokens),
         cmocka_unit_test(test_key_loading_errors),
         cmocka_unit_test(test_single_key_without_kid),
+        cmocka_unit_test(test_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

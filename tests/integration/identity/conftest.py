@@ -51,10 +51,16 @@ def cluster():
     env = dict(os.environ, AUTHZ_BIN_DIR=BIN)
     # The cluster's own identity services are not needed here: each test
     # module starts its own against its own database.
-    subprocess.run([CLUSTER, "up", "--regions", "us,eu", "--run-dir", run, "--base-port", "auto"],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
-    out = subprocess.run([CLUSTER, "env", "--run-dir", run], check=True, env=env,
-                         capture_output=True, text=True).stdout
+    try:
+        subprocess.run([CLUSTER, "up", "--regions", "us,eu", "--run-dir", run, "--base-port",
+                        "auto"], check=True, env=env, stdout=subprocess.DEVNULL)
+        out = subprocess.run([CLUSTER, "env", "--run-dir", run], check=True, env=env,
+                             capture_output=True, text=True).stdout
+    except BaseException:
+        # A half-started cluster is still ours to stop.
+        subprocess.run([CLUSTER, "down", "--run-dir", run, "--purge"], env=env,
+                       stdout=subprocess.DEVNULL)
+        raise
     vals = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     vals["RUN_DIR"] = run
     vals["ENV"] = env
