@@ -17,6 +17,8 @@
 
 #include <jansson.h>
 
+#include "common/revision.h"
+
 #define ENV_PREFIX "AUTHZ_"
 
 struct azc_config {
@@ -369,5 +371,65 @@ int azc_config_get_double(const azc_config *cfg, const char *section, const char
         return azc_err_set(e, AZC_EINVAL, "configuration: %s.%s = %g is out of range [%g, %g]",
                            section, key, val, min, max);
     *out = val;
+    return AZC_OK;
+}
+
+int azc_config_split_list(const char *s, char *slots, size_t slot_len, size_t max, size_t *n,
+                          const char *key, azc_err *e)
+{
+    const char *p = s;
+
+    *n = 0;
+    while (p != NULL && *p != '\0') {
+        size_t len = strcspn(p, ",");
+        while (len > 0 && *p == ' ') {
+            p++;
+            len--;
+        }
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (len == 0 || len >= slot_len)
+            return azc_err_set(e, AZC_EINVAL, "configuration: %s has an empty or too long item",
+                               key);
+        if (*n == max)
+            return azc_err_set(e, AZC_EINVAL, "configuration: %s has more than %zu items", key, max);
+        memcpy(slots + *n * slot_len, p, len);
+        slots[*n * slot_len + len] = '\0';
+        (*n)++;
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    return AZC_OK;
+}
+
+int azc_config_regions(const azc_config *cfg, const char **region, char *regions,
+                       size_t slot_len, size_t max, size_t *n, azc_err *e)
+{
+    const char *list = NULL;
+    size_t i;
+    int rc, found = 0;
+
+    if ((rc = azc_config_get_string(cfg, "service", "region", NULL, region, e)) != AZC_OK ||
+        (rc = azc_config_get_string(cfg, "service", "regions", NULL, &list, e)) != AZC_OK)
+        return rc;
+    if (*region == NULL || !azc_region_valid(*region))
+        return azc_err_set(e, AZC_EINVAL, "configuration: service.region must be set to a region "
+                                          "name ([a-z][a-z0-9-], at most 32 characters)");
+    if (list == NULL)
+        return azc_err_set(e, AZC_EINVAL, "configuration: service.regions must list every region "
+                                          "(comma-separated)");
+    if ((rc = azc_config_split_list(list, regions, slot_len, max, n, "service.regions", e)) !=
+        AZC_OK)
+        return rc;
+    for (i = 0; i < *n; i++) {
+        if (!azc_region_valid(regions + i * slot_len))
+            return azc_err_set(e, AZC_EINVAL, "configuration: service.regions: \"%s\" is not a "
+                                              "region name", regions + i * slot_len);
+        found |= strcmp(regions + i * slot_len, *region) == 0;
+    }
+    if (!found)
+        return azc_err_set(e, AZC_EINVAL, "configuration: service.regions must include "
+                                          "service.region \"%s\"", *region);
     return AZC_OK;
 }

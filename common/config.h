@@ -69,4 +69,22 @@ int azc_config_get_double(const azc_config *cfg, const char *section, const char
                           double def, double min, double max, double *out,
                           azc_err *e) AZC_WARN_UNUSED;
 
+/*
+ * Splits a comma-separated list ("us, eu,ap": spaces around items are
+ * dropped) into at most `max` slots of `slot_len` bytes each (slots is a
+ * char[max][slot_len] array). *n gets the count; "" is an empty list.
+ * AZC_EINVAL naming `key` for an empty or too long item, or too many.
+ */
+int azc_config_split_list(const char *s, char *slots, size_t slot_len, size_t max, size_t *n,
+                          const char *key, azc_err *e) AZC_WARN_UNUSED;
+
+/*
+ * Reads service.region (required, a region name) and service.regions
+ * (required, every region, comma-separated, each a region name, including
+ * service.region) into *region (borrowed from cfg) and `regions`, as
+ * azc_config_split_list does. AZC_EINVAL naming the key otherwise.
+ */
+int azc_config_regions(const azc_config *cfg, const char **region, char *regions,
+                       size_t slot_len, size_t max, size_t *n, azc_err *e) AZC_WARN_UNUSED;
+
 #endif

@@ -116,6 +116,10 @@ struct azc_http_req {
     unsigned in_handler : 1;
     unsigned closing : 1;       /* client gone: on_close running or done */
     unsigned watched : 1;       /* on h->pending, close callback installed */
+    unsigned streaming : 1;     /* reply_start sent the head, reply_end pending */
+    int stream_status;
+    azc_http_drain_cb on_drain;
+    struct event *drain_ev;     /* calls on_drain when evhttp will not */
     azc_http_close_cb on_close;
     void *close_arg;
     struct event *peer_ev;
@@ -463,6 +467,8 @@ static void unwatch(azc_http_req *r)
 static void req_free(azc_http_req *r)
 {
     unwatch(r);
+    if (r->drain_ev != NULL)
+        event_free(r->drain_ev);
     json_decref(r->json);
     free(r->path_buf);
     free(r->query_buf);
@@ -777,6 +783,104 @@ void azc_http_reply_raw(azc_http_req *r, int status, const char *content_type,
     if (content_type != NULL)
         set_header(r, "Content-Type", content_type);
     send_response(r, status);
+}
+
+/* ---- streamed replies --------------------------------------------------
+ *
+ * evhttp frees the connection (and the request with it) when a write to a
+ * departed client fails; its close callback is how the producer learns of
+ * it. evhttp calls the chunk callback only for a chunk it actually
+ * queues, so for HEAD requests and empty chunks the helper calls on_drain
+ * itself from drain_ev, to keep the producer going to its reply_end.
+ */
+
+static void on_stream_conn_freed(struct evhttp_connection *evcon, void *arg)
+{
+    azc_http_req *r = arg;
+
+    (void)evcon;
+    r->closing = 1;
+    if (r->on_close != NULL)
+        r->on_close(r, r->close_arg);
+    access_record(r, STATUS_CLIENT_CLOSED);
+    req_free(r);
+}
+
+static void on_chunk_written(struct evhttp_connection *evcon, void *arg)
+{
+    azc_http_req *r = arg;
+
+    (void)evcon;
+    if (r->streaming && !r->closing && r->on_drain != NULL)
+        r->on_drain(r, r->close_arg);
+}
+
+static void on_drain_event(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    on_chunk_written(NULL, arg);
+}
+
+int azc_http_reply_start(azc_http_req *r, int status, const char *content_type,
+                         azc_http_drain_cb on_drain, azc_http_close_cb on_close, void *arg)
+{
+    if (!reply_allowed(r, status))
+        return AZC_ECONFLICT;
+    if (status < 200 || status > 599 || status == 204 || status == 304 || on_drain == NULL) {
+        azc_log_reqf(r->h->log, AZC_LOG_ERROR, r->id, "%s: bad stream (status %d)", r->route,
+                     status);
+        send_internal_error(r);
+        return AZC_EINVAL;
+    }
+    r->drain_ev = event_new(r->h->base, -1, 0, on_drain_event, r);
+    if (r->drain_ev == NULL) {
+        send_internal_error(r);
+        return AZC_ENOMEM;
+    }
+    /* A deferred request is no longer watched for reads: from here on a
+     * departed client shows as a failed write. */
+    unwatch(r);
+    r->on_drain = on_drain;
+    r->on_close = on_close;
+    r->close_arg = arg;
+    set_header(r, "X-Request-Id", r->id);
+    set_header(r, "Content-Type", content_type != NULL ? content_type : "application/json");
+    r->replied = 1;
+    r->streaming = 1;
+    r->stream_status = status;
+    evhttp_connection_set_closecb(r->evcon, on_stream_conn_freed, r);
+    evhttp_send_reply_start(r->ev, status, NULL);
+    return AZC_OK;
+}
+
+int azc_http_reply_chunk(azc_http_req *r, struct evbuffer *buf)
+{
+    if (!r->streaming || r->closing)
+        return AZC_ECONFLICT;
+    if (r->method == AZC_HTTP_HEAD || evbuffer_get_length(buf) == 0) {
+        if (evbuffer_drain(buf, evbuffer_get_length(buf)) != 0)
+            return AZC_ERROR;
+        event_active(r->drain_ev, EV_TIMEOUT, 0);
+        return AZC_OK;
+    }
+    evhttp_send_reply_chunk_with_cb(r->ev, buf, on_chunk_written, r);
+    return AZC_OK;
+}
+
+void azc_http_reply_end(azc_http_req *r)
+{
+    if (!r->streaming || r->closing) {
+        azc_log_reqf(r->h->log, AZC_LOG_ERROR, r->id, "reply_end without a stream ignored");
+        return;
+    }
+    r->streaming = 0;
+    evhttp_connection_set_closecb(r->evcon, NULL, NULL);
+    event_del(r->drain_ev);
+    evhttp_send_reply_end(r->ev);
+    access_record(r, r->stream_status);
+    if (!r->in_handler)
+        req_free(r);
 }
 
 /* ---- request accessors ------------------------------------------------ */
@@ -1110,7 +1214,8 @@ static void dispatch(struct evhttp_request *ev, void *arg)
             send_internal_error(r);
         }
     }
-    if (r->replied)
+    /* A stream outlives its handler until reply_end. */
+    if (r->replied && !r->streaming)
         req_free(r);
 }
 

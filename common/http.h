@@ -238,6 +238,36 @@ void azc_http_reply_raw(azc_http_req *r, int status, const char *content_type,
                         struct evbuffer *buf);
 
 /*
+ * Streamed (chunked) replies, for bodies produced a piece at a time:
+ *
+ *   azc_http_reply_start(r, 200, "application/json", on_drain, on_close, p);
+ *   azc_http_reply_chunk(r, first);        ...then from on_drain:
+ *   azc_http_reply_chunk(r, next);  ...  azc_http_reply_end(r);
+ *
+ * reply_start sends the status and headers (it counts as the request's one
+ * reply; a 204/304 status or a NULL on_drain is refused with a 500). Each
+ * reply_chunk queues the contents of buf (drained; the buffer stays the
+ * caller's) and, once they have been written to the socket, calls
+ * on_drain(r, arg): produce the next chunk there, so a slow client never
+ * makes the server hold more than one chunk. For HEAD requests chunks are
+ * dropped but on_drain still comes. reply_end finishes the body; r is
+ * freed by it (after the handler returns when called from inside it).
+ *
+ * When the client goes away mid-stream, on_close(r, arg) runs once and r
+ * is freed when it returns: no more calls on r. reply_start may follow
+ * azc_http_req_defer (the stream's on_close replaces the deferred one).
+ * HTTP/1.0 clients get a body delimited by the connection's close.
+ * reply_chunk returns AZC_ECONFLICT without a stream.
+ */
+typedef void (*azc_http_drain_cb)(azc_http_req *r, void *arg);
+
+int azc_http_reply_start(azc_http_req *r, int status, const char *content_type,
+                         azc_http_drain_cb on_drain, azc_http_close_cb on_close,
+                         void *arg) AZC_WARN_UNUSED;
+int azc_http_reply_chunk(azc_http_req *r, struct evbuffer *buf) AZC_WARN_UNUSED;
+void azc_http_reply_end(azc_http_req *r);
+
+/*
  * Marks r as answered later (long polls): the handler returns without
  * replying and keeps r; a later azc_http_reply_* on the same thread sends
  * the answer and frees r. Until then the helper watches the connection;

@@ -341,3 +341,18 @@ out:
     azc_migrations_free(list, n);
     return rc;
 }
+
+int azc_migrate_url(const char *conninfo, const char *application_name, int timeout_ms,
+                    const char *dir, const char *schema, azc_log *lg, azc_err *e)
+{
+    PGconn *c = NULL;
+    int applied = 0, rc;
+
+    if ((rc = azc_pg_connect(conninfo, application_name, timeout_ms, lg, &c, e)) != AZC_OK)
+        return rc;
+    rc = azc_migrate(c, dir, schema, lg, &applied, e);
+    PQfinish(c);
+    if (rc == AZC_OK)
+        azc_logf(lg, AZC_LOG_INFO, "migrations of %s: %d applied", schema, applied);
+    return rc;
+}

@@ -46,4 +46,10 @@ void azc_migrations_free(azc_migration *list, size_t n);
 int azc_migrate(PGconn *c, const char *dir, const char *schema, azc_log *lg, int *applied,
                 azc_err *e) AZC_WARN_UNUSED;
 
+/* Connects to `conninfo` (waiting up to timeout_ms for the server, as
+ * azc_pg_connect does), applies `dir` as azc_migrate does, logs how many
+ * files ran, and disconnects: what every service does at start-up. */
+int azc_migrate_url(const char *conninfo, const char *application_name, int timeout_ms,
+                    const char *dir, const char *schema, azc_log *lg, azc_err *e) AZC_WARN_UNUSED;
+
 #endif

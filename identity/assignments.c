@@ -99,7 +99,7 @@ void id_assignment_create(id_call *c)
     resource = id_body_string(c, body, "resource", &ok);
     if (!ok)
         return;
-    if (!id_resource_valid(resource)) {
+    if (!azc_resource_valid(resource)) {
         id_reply_invalid(c, "resource",
                          "resource must be \"<type>/<id>\", \"<type>/*\" or \"*\"");
         return;

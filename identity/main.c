@@ -73,50 +73,19 @@ typedef struct app {
     int bound_port;
 } app;
 
-/* Splits "a,b,c" into fixed slots; AZC_EINVAL names the key. */
-static int split_list(const char *s, char *slots, size_t slot_len, size_t max, size_t *n,
-                      const char *key, azc_err *e)
-{
-    const char *p = s;
-
-    *n = 0;
-    while (p != NULL && *p != '\0') {
-        size_t len = strcspn(p, ",");
-        while (len > 0 && *p == ' ') {
-            p++;
-            len--;
-        }
-        while (len > 0 && p[len - 1] == ' ')
-            len--;
-        if (len == 0 || len >= slot_len)
-            return azc_err_set(e, AZC_EINVAL, "configuration: %s has an empty or too long item",
-                               key);
-        if (*n == max)
-            return azc_err_set(e, AZC_EINVAL, "configuration: %s has more than %zu items", key, max);
-        memcpy(slots + *n * slot_len, p, len);
-        slots[*n * slot_len + len] = '\0';
-        (*n)++;
-        p += strcspn(p, ",");
-        if (*p == ',')
-            p++;
-    }
-    return AZC_OK;
-}
-
 static int load_settings(app *a, azc_err *e)
 {
     id_settings *s = &a->sh.set;
-    const char *regions = NULL, *admins = NULL, *level = NULL;
+    const char *admins = NULL, *level = NULL;
     long long port, workers, body;
     azc_log_level lvl;
-    size_t i;
-    int rc, found = 0;
+    int rc;
 
     if ((rc = azc_config_check(a->cfg, KNOWN, sizeof KNOWN / sizeof KNOWN[0], e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "log", "level", "info", &level, e)) != AZC_OK ||
         (rc = azc_log_level_parse(level, &lvl, e)) != AZC_OK ||
-        (rc = azc_config_get_string(a->cfg, "service", "region", NULL, &s->region, e)) != AZC_OK ||
-        (rc = azc_config_get_string(a->cfg, "service", "regions", NULL, &regions, e)) != AZC_OK ||
+        (rc = azc_config_regions(a->cfg, &s->region, &s->regions[0][0], sizeof s->regions[0],
+                                 ID_MAX_REGIONS, &s->nregions, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "pg", "url", NULL, &s->pg_url, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "pg", "migrations_dir", AUTHZ_SQL_DIR "/identity",
                                     &a->migrations_dir, e)) != AZC_OK ||
@@ -148,25 +117,7 @@ static int load_settings(app *a, azc_err *e)
     s->http_port = (int)port;
     s->workers = (int)workers;
     s->max_body_bytes = body;
-    if (s->region == NULL || !azc_region_valid(s->region))
-        return azc_err_set(e, AZC_EINVAL, "configuration: service.region must be set to a region "
-                                          "name ([a-z][a-z0-9-], at most 32 characters)");
-    if (regions == NULL)
-        return azc_err_set(e, AZC_EINVAL, "configuration: service.regions must list every region "
-                                          "(comma-separated)");
-    if ((rc = split_list(regions, &s->regions[0][0], sizeof s->regions[0], ID_MAX_REGIONS,
-                         &s->nregions, "service.regions", e)) != AZC_OK)
-        return rc;
-    for (i = 0; i < s->nregions; i++) {
-        if (!azc_region_valid(s->regions[i]))
-            return azc_err_set(e, AZC_EINVAL, "configuration: service.regions: \"%s\" is not a "
-                                              "region name", s->regions[i]);
-        found |= strcmp(s->regions[i], s->region) == 0;
-    }
-    if (!found)
-        return azc_err_set(e, AZC_EINVAL, "configuration: service.regions must include "
-                                          "service.region \"%s\"", s->region);
-    if ((rc = split_list(admins, &s->admin_subjects[0][0], sizeof s->admin_subjects[0],
+    if ((rc = azc_config_split_list(admins, &s->admin_subjects[0][0], sizeof s->admin_subjects[0],
                          ID_MAX_ADMINS, &s->nadmins, "auth.admin_subjects", e)) != AZC_OK)
         return rc;
     if (s->pg_url == NULL)
@@ -279,21 +230,6 @@ static void worker_free(id_worker *w)
     memset(w, 0, sizeof *w);
 }
 
-static int migrate(app *a, azc_err *e)
-{
-    PGconn *c = NULL;
-    int applied = 0, rc;
-
-    if ((rc = azc_pg_connect(a->sh.set.pg_url, "authz-identity-migrate", 30000, a->sh.log, &c,
-                             e)) != AZC_OK)
-        return rc;
-    rc = azc_migrate(c, a->migrations_dir, "identity", a->sh.log, &applied, e);
-    PQfinish(c);
-    if (rc == AZC_OK)
-        azc_logf(a->sh.log, AZC_LOG_INFO, "migrations: %d applied", applied);
-    return rc;
-}
-
 static void reload_keys(app *a)
 {
     azc_jwt_keys *fresh = NULL, *old;
@@ -318,7 +254,8 @@ static int run(app *a, azc_err *e)
     sigset_t set;
     int i, rc, sig = 0;
 
-    if ((rc = migrate(a, e)) != AZC_OK)
+    if ((rc = azc_migrate_url(a->sh.set.pg_url, "authz-identity-migrate", 30000,
+                              a->migrations_dir, "identity", a->sh.log, e)) != AZC_OK)
         return rc;
     if (a->api_enabled) {
         if ((rc = load_keys(&a->sh, &a->sh.keys, e)) != AZC_OK)

@@ -46,7 +46,7 @@ static int fields_or_reply(id_call *c, json_t *body, const char **sub, const cha
     *name = id_body_string(c, body, "name", &ok3);
     if (!ok3)
         return 0;
-    if (*sub != NULL && !id_subject_valid(*sub)) {
+    if (*sub != NULL && !azc_subject_valid(*sub)) {
         id_reply_invalid(c, "subject", "subject must be 1-256 printable characters without spaces");
         return 0;
     }

@@ -81,6 +81,32 @@ if [ -x "$bin_dir/authz-identity" ]; then
         if grep -q "\"type\":\"team.created\".*$id" <<<"$events"; then found=1; break; fi
     done
     [ $found -eq 1 ] || fail "team.created for $id never reached $IDENTITY_TOPIC_EU"
+
+    # ... and the authz-server of that region turns an assignment to the
+    # team into an allow for its member.
+    if [ -x "$bin_dir/authz-server" ]; then
+        for v in AUTHZ_URL_US AUTHZ_URL_EU; do
+            grep -q "^$v=" <<<"$env_text" || fail "env lacks $v"
+        done
+        curl -fsS "$AUTHZ_URL_EU/readyz" >/dev/null || fail "authz eu not ready"
+        post() { curl -fsS -X "$1" "$IDENTITY_URL_EU$2" -H "Authorization: Bearer $token" \
+                     -H 'Content-Type: application/json' ${3:+-d "$3"}; }
+        jid() { /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
+        user=$(post POST /v1/users '{"subject": "lc-user", "email": "lc@x.io", "name": "lc"}' | jid)
+        post PUT "/v1/teams/$id/members/$user" >/dev/null || fail "PUT member failed"
+        role=$(post POST /v1/roles '{"name": "lc-reader", "permissions": ["doc:read"]}' | jid)
+        post POST /v1/role-assignments "{\"principal\": {\"type\": \"team\", \"id\": \"$id\"},
+            \"role_id\": \"$role\", \"region\": \"eu\", \"resource\": \"doc/*\"}" >/dev/null ||
+            fail "POST assignment failed"
+        allowed=0
+        for _ in $(seq 1 100); do
+            if curl -fsS "$AUTHZ_URL_EU/v1/check" -H 'Content-Type: application/json' \
+                    -d '{"subject": "lc-user", "action": "doc:read", "resource": "doc/1"}' |
+                    grep -q '"decision":"allow"'; then allowed=1; break; fi
+            sleep 0.1
+        done
+        [ $allowed -eq 1 ] || fail "the assignment made in eu never became an allow in eu"
+    fi
 fi
 
 # Half up: a crashed PostgreSQL shows in status (exit 3) and env refuses;

@@ -232,6 +232,50 @@ static void test_file_io(void **state)
     azc_config_free(NULL);
 }
 
+static void test_lists_and_regions(void **state)
+{
+    char slots[4][8];
+    const char *region = NULL;
+    azc_config *cfg = NULL;
+    size_t n = 9;
+    azc_err e;
+    (void)state;
+
+    assert_int_equal(azc_config_split_list(" us, eu ,ap", &slots[0][0], 8, 4, &n, "k", &e), AZC_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(slots[0], "us");
+    assert_string_equal(slots[1], "eu");
+    assert_string_equal(slots[2], "ap");
+    assert_int_equal(azc_config_split_list("", &slots[0][0], 8, 4, &n, "k", &e), AZC_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(azc_config_split_list("us,,eu", &slots[0][0], 8, 4, &n, "k", &e), AZC_EINVAL);
+    assert_non_null(strstr(e.msg, "k has an empty"));
+    assert_int_equal(azc_config_split_list("a,b,c,d,e", &slots[0][0], 8, 4, &n, "k", &e), AZC_EINVAL);
+    assert_int_equal(azc_config_split_list("toolongitem", &slots[0][0], 8, 4, &n, "k", &e),
+                     AZC_EINVAL);
+
+    assert_int_equal(azc_config_load_string(&cfg, "{\"service\": {\"region\": \"eu\", "
+                                                   "\"regions\": \"us,eu\"}}", NULL, &e), AZC_OK);
+    assert_int_equal(azc_config_regions(cfg, &region, &slots[0][0], 8, 4, &n, &e), AZC_OK);
+    assert_string_equal(region, "eu");
+    assert_int_equal(n, 2);
+    azc_config_free(cfg);
+    assert_int_equal(azc_config_load_string(&cfg, "{\"service\": {\"region\": \"ap\", "
+                                                   "\"regions\": \"us,eu\"}}", NULL, &e), AZC_OK);
+    assert_int_equal(azc_config_regions(cfg, &region, &slots[0][0], 8, 4, &n, &e), AZC_EINVAL);
+    assert_non_null(strstr(e.msg, "must include"));
+    azc_config_free(cfg);
+    assert_int_equal(azc_config_load_string(&cfg, "{\"service\": {\"region\": \"us\", "
+                                                   "\"regions\": \"us,E-U\"}}", NULL, &e), AZC_OK);
+    assert_int_equal(azc_config_regions(cfg, &region, &slots[0][0], 8, 4, &n, &e), AZC_EINVAL);
+    assert_non_null(strstr(e.msg, "E-U"));
+    azc_config_free(cfg);
+    assert_int_equal(azc_config_load_string(&cfg, "{}", NULL, &e), AZC_OK);
+    assert_int_equal(azc_config_regions(cfg, &region, &slots[0][0], 8, 4, &n, &e), AZC_EINVAL);
+    assert_non_null(strstr(e.msg, "service.region"));
+    azc_config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -244,6 +288,7 @@ int main(void)
         cmocka_unit_test(test_unknown_keys),
         cmocka_unit_test(test_malformed_files),
         cmocka_unit_test(test_file_io),
+        cmocka_unit_test(test_lists_and_regions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,12 +20,12 @@ static void test_permissions(void **state)
     (void)state;
 
     for (i = 0; i < sizeof good / sizeof good[0]; i++)
-        if (!id_permission_valid(good[i]))
+        if (!azc_permission_valid(good[i]))
             fail_msg("rejected \"%s\"", good[i]);
     for (i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        if (id_permission_valid(bad[i]))
+        if (azc_permission_valid(bad[i]))
             fail_msg("accepted \"%s\"", bad[i]);
-    assert_false(id_permission_valid(NULL));
+    assert_false(azc_permission_valid(NULL));
 }
 
 static void test_resources(void **state)
@@ -39,26 +39,26 @@ static void test_resources(void **state)
     (void)state;
 
     for (i = 0; i < sizeof good / sizeof good[0]; i++)
-        if (!id_resource_valid(good[i]))
+        if (!azc_resource_valid(good[i]))
             fail_msg("rejected \"%s\"", good[i]);
     for (i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        if (id_resource_valid(bad[i]))
+        if (azc_resource_valid(bad[i]))
             fail_msg("accepted \"%s\"", bad[i]);
     memcpy(longid, "doc/", 4);
     memset(longid + 4, 'x', 257);
     longid[261] = '\0';
-    assert_false(id_resource_valid(longid));
+    assert_false(azc_resource_valid(longid));
     longid[260] = '\0';
-    assert_true(id_resource_valid(longid));
+    assert_true(azc_resource_valid(longid));
 }
 
 static void test_texts(void **state)
 {
     (void)state;
-    assert_true(id_subject_valid("user-42@idp"));
-    assert_false(id_subject_valid("has space"));
-    assert_false(id_subject_valid(""));
-    assert_false(id_subject_valid("tab\there"));
+    assert_true(azc_subject_valid("user-42@idp"));
+    assert_false(azc_subject_valid("has space"));
+    assert_false(azc_subject_valid(""));
+    assert_false(azc_subject_valid("tab\there"));
     assert_true(id_email_valid("a@b.c"));
     assert_false(id_email_valid("@b.c"));
     assert_false(id_email_valid("a@"));

@@ -1,0 +1,20 @@
+/*
+ * The change feed's long poll (GET /v1/policy/changes): per worker, the
+ * requests waiting for a change and a LISTEN connection whose
+ * notifications (authz_changes, authz_watermarks, sent at COMMIT by
+ * whoever changed the policy set) wake them. No periodic polling.
+ */
+#ifndef AZ_FEED_H
+#define AZ_FEED_H
+
+#include "authz/api.h"
+
+/* New feed for worker w (borrowed): connects its LISTEN connection and
+ * watches it on w->base. NULL with e filled on failure. */
+az_feed *az_feed_new(az_worker *w, azc_err *e);
+
+/* Frees the feed. Waiting requests must already be gone (azc_http_free
+ * closes them first). NULL is a no-op. */
+void az_feed_free(az_feed *f);
+
+#endif

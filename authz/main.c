@@ -1,0 +1,320 @@
+/*
+ * authz-server: the regional authorization service. Consumes the region's
+ * identity events into policies, answers checks, and feeds gateway
+ * filters (snapshot and change feed).
+ *
+ * Wiring only: configuration, migrations, the consumer thread, HTTP worker
+ * threads (one event loop, HTTP server and database connections each,
+ * sharing the port through SO_REUSEPORT), signals (SIGTERM/SIGINT stop).
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "authz/api.h"
+#include "authz/consumer.h"
+#include "authz/feed.h"
+#include "common/cli.h"
+#include "common/config.h"
+#include "common/migrate.h"
+#include "common/pg.h"
+
+extern char **environ;
+
+#define MAX_WORKERS 16
+
+static const azc_config_key KNOWN[] = {
+    { "service", "region" },      { "service", "regions" },
+    { "http", "addr" },           { "http", "port" },
+    { "http", "workers" },        { "pg", "url" },
+    { "pg", "migrations_dir" },   { "kafka", "bootstrap" },
+    { "kafka", "topic" },         { "consumer", "batch" },
+    { "check", "transient_lag_ms" }, { "feed", "retain" },
+    { "feed", "prune_interval_ms" }, { "log", "level" },
+};
+
+typedef struct app {
+    azc_config *cfg;
+    az_shared sh;
+    const char *migrations_dir;
+    char topic_buf[64];
+    az_worker workers[MAX_WORKERS];
+    int nworkers;
+    az_consumer *consumer;
+    int bound_port;
+} app;
+
+void az_status_get(az_shared *sh, az_consumer_status *out)
+{
+    pthread_mutex_lock(&sh->status_lock);
+    *out = sh->status;
+    pthread_mutex_unlock(&sh->status_lock);
+}
+
+static int load_settings(app *a, azc_err *e)
+{
+    az_settings *s = &a->sh.set;
+    const char *level = NULL;
+    long long port, workers, batch;
+    azc_log_level lvl;
+    int rc;
+
+    if ((rc = azc_config_check(a->cfg, KNOWN, sizeof KNOWN / sizeof KNOWN[0], e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "log", "level", "info", &level, e)) != AZC_OK ||
+        (rc = azc_log_level_parse(level, &lvl, e)) != AZC_OK ||
+        (rc = azc_config_regions(a->cfg, &s->region, &s->regions[0][0], sizeof s->regions[0],
+                                 AZ_MAX_REGIONS, &s->nregions, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "pg", "url", NULL, &s->pg_url, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "pg", "migrations_dir", AUTHZ_SQL_DIR "/authz",
+                                    &a->migrations_dir, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "kafka", "bootstrap", NULL, &s->bootstrap, e)) !=
+            AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "kafka", "topic", NULL, &s->topic, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "http", "addr", "127.0.0.1", &s->http_addr, e)) !=
+            AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "http", "port", 8081, 0, 65535, &port, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "http", "workers", 2, 1, MAX_WORKERS, &workers, e)) !=
+            AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "consumer", "batch", 500, 1, 10000, &batch, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "check", "transient_lag_ms", 0, 0, 3600 * 1000,
+                                 &s->transient_lag_ms, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "feed", "retain", 1000000, 10, 1000000000LL,
+                                 &s->feed_retain, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "feed", "prune_interval_ms", 10000, 100, 86400 * 1000,
+                                 &s->prune_interval_ms, e)) != AZC_OK)
+        return rc;
+    azc_log_set_level(a->sh.log, lvl);
+    s->http_port = (int)port;
+    s->workers = (int)workers;
+    s->batch = (int)batch;
+    if (s->pg_url == NULL)
+        return azc_err_set(e, AZC_EINVAL, "configuration: pg.url must be set");
+    if (s->bootstrap == NULL)
+        return azc_err_set(e, AZC_EINVAL, "configuration: kafka.bootstrap must be set");
+    if (s->topic == NULL) {
+        snprintf(a->topic_buf, sizeof a->topic_buf, "identity-events.%s", s->region);
+        s->topic = a->topic_buf;
+    }
+    return AZC_OK;
+}
+
+static int worker_ready(void *arg, azc_err *why)
+{
+    az_worker *w = arg;
+    az_consumer_status cs;
+
+    if (PQstatus(w->pg) != CONNECTION_OK)
+        return azc_err_set(why, AZC_EUNAVAIL, "database connection is down");
+    az_status_get(w->sh, &cs);
+    if (cs.state == AZ_CONSUMER_STOPPED)
+        return azc_err_set(why, AZC_EUNAVAIL, "consumer stopped: %s", cs.error);
+    if (cs.state != AZ_CONSUMER_RUNNING)
+        return azc_err_set(why, AZC_EUNAVAIL, "consumer starting");
+    return AZC_OK;
+}
+
+static void *worker_main(void *arg)
+{
+    az_worker *w = arg;
+
+    if (event_base_dispatch(w->base) < 0)
+        azc_logf(w->sh->log, AZC_LOG_ERROR, "worker %d: event loop failed", w->index);
+    return NULL;
+}
+
+static int worker_init(app *a, az_worker *w, int index, azc_err *e)
+{
+    azc_http_options opts;
+    int rc;
+
+    memset(&opts, 0, sizeof opts);
+    w->sh = &a->sh;
+    w->index = index;
+    w->base = event_base_new();
+    if (w->base == NULL)
+        return azc_err_set(e, AZC_ERROR, "cannot create an event loop");
+    if ((rc = azc_pg_connect(a->sh.set.pg_url, "authz-server", 30000, a->sh.log, &w->pg, e)) !=
+        AZC_OK)
+        return rc;
+    if ((w->feed = az_feed_new(w, e)) == NULL)
+        return AZC_ERROR;
+    opts.service = "authz";
+    opts.reuse_port = 1;
+    w->http = azc_http_new(w->base, &opts, a->sh.log, a->sh.metrics, e);
+    if (w->http == NULL)
+        return AZC_ERROR;
+    if ((rc = az_api_register(w, e)) != AZC_OK)
+        return rc;
+    azc_http_set_ready_cb(w->http, worker_ready, w);
+    if (index == 0) {
+        struct timeval tv = { 1, 0 };
+
+        w->tick = event_new(w->base, -1, EV_PERSIST, az_tick_cb, w);
+        if (w->tick == NULL || event_add(w->tick, &tv) != 0)
+            return azc_err_set(e, AZC_ERROR, "cannot start the tick timer");
+    }
+    /* Worker 0 picks the port (it may be 0 = ephemeral); the others share it. */
+    rc = azc_http_bind(w->http, a->sh.set.http_addr,
+                       index == 0 ? a->sh.set.http_port : a->bound_port, e);
+    if (rc != AZC_OK)
+        return rc;
+    if (index == 0)
+        a->bound_port = azc_http_bound_port(w->http);
+    return AZC_OK;
+}
+
+static void worker_free(az_worker *w)
+{
+    /* The HTTP server first: it closes waiting long polls, whose close
+     * callbacks free their waiters in the feed. */
+    azc_http_free(w->http);
+    az_feed_free(w->feed);
+    if (w->tick != NULL)
+        event_free(w->tick);
+    PQfinish(w->pg);
+    if (w->base != NULL)
+        event_base_free(w->base);
+    memset(w, 0, sizeof *w);
+}
+
+static int register_metrics(az_shared *sh, azc_err *e)
+{
+    static const double batch_buckets[] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                            0.05,   0.1,   0.25,   0.5,   1,    2.5 };
+    static const double age_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                          0.25,  0.5,    1,     2.5,  5,     10,   30 };
+    azc_metrics *m = sh->metrics;
+
+    sh->m_applied = azc_metrics_counter(m, "authz_events_applied_total",
+                                        "Identity events applied to the policy store, by type.",
+                                        (const char *const[]){ "type", NULL });
+    sh->m_duplicates = azc_metrics_counter(m, "authz_events_duplicate_total",
+                                           "Identity events skipped as already applied.", NULL);
+    sh->m_dead = azc_metrics_counter(m, "authz_dead_letters_total",
+                                     "Messages moved to the dead-letter table.", NULL);
+    sh->m_batch = azc_metrics_histogram(m, "authz_apply_batch_seconds",
+                                        "Duration of one consumer transaction.", NULL,
+                                        batch_buckets,
+                                        sizeof batch_buckets / sizeof batch_buckets[0]);
+    sh->m_age = azc_metrics_histogram(m, "authz_event_age_seconds",
+                                      "From the commit of a change at its origin to its "
+                                      "application here.",
+                                      NULL, age_buckets, sizeof age_buckets / sizeof age_buckets[0]);
+    sh->m_lag = azc_metrics_gauge(m, "authz_lag_seconds",
+                                  "Known minus applied HLC of each origin, in seconds.",
+                                  (const char *const[]){ "origin", NULL });
+    sh->m_stopped = azc_metrics_gauge(m, "authz_consumer_stopped",
+                                      "1 while the consumer is stopped (a gap).", NULL);
+    sh->m_checks = azc_metrics_counter(m, "authz_checks_total", "Checks answered, by decision.",
+                                       (const char *const[]){ "decision", NULL });
+    if (sh->m_applied == NULL || sh->m_duplicates == NULL || sh->m_dead == NULL ||
+        sh->m_batch == NULL || sh->m_age == NULL || sh->m_lag == NULL || sh->m_stopped == NULL ||
+        sh->m_checks == NULL)
+        return azc_err_set(e, AZC_ERROR, "cannot register the metrics");
+    return AZC_OK;
+}
+
+static int run(app *a, azc_err *e)
+{
+    sigset_t set;
+    int i, rc, sig = 0;
+
+    if ((rc = azc_migrate_url(a->sh.set.pg_url, "authz-server-migrate", 30000,
+                              a->migrations_dir, "authz", a->sh.log, e)) != AZC_OK)
+        return rc;
+    if ((a->consumer = az_consumer_new(&a->sh, e)) == NULL ||
+        (rc = az_consumer_start(a->consumer, e)) != AZC_OK)
+        return AZC_ERROR;
+    for (i = 0; i < a->sh.set.workers; i++) {
+        if ((rc = worker_init(a, &a->workers[i], i, e)) != AZC_OK)
+            return rc;
+        a->nworkers++;
+    }
+    for (i = 0; i < a->nworkers; i++) {
+        if (pthread_create(&a->workers[i].thread, NULL, worker_main, &a->workers[i]) != 0)
+            return azc_err_set(e, AZC_ERROR, "cannot start worker thread");
+    }
+    {
+        json_t *f = json_pack("{s:s, s:s, s:i, s:i}", "region", a->sh.set.region, "topic",
+                              a->sh.set.topic, "port", a->bound_port, "workers", a->nworkers);
+        azc_log_write(a->sh.log, AZC_LOG_INFO, NULL, f, "authz-server started");
+        json_decref(f);
+    }
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    if (sigwait(&set, &sig) == 0)
+        azc_logf(a->sh.log, AZC_LOG_INFO, "signal %d: shutting down", sig);
+    for (i = 0; i < a->nworkers; i++)
+        event_base_loopexit(a->workers[i].base, NULL);
+    for (i = 0; i < a->nworkers; i++)
+        pthread_join(a->workers[i].thread, NULL);
+    return AZC_OK;
+}
+
+int main(int argc, char **argv)
+{
+    app a;
+    azc_cli cli;
+    azc_err e;
+    sigset_t set;
+    int rc, i;
+
+    memset(&a, 0, sizeof a);
+    rc = azc_cli_parse(argc, argv, "authz-server",
+                       "regional authorization service: identity events to policies, checks, "
+                       "snapshot and change feed",
+                       &cli, stdout, stderr);
+    if (rc != AZC_CLI_RUN)
+        return rc == AZC_CLI_EXIT ? 0 : 2;
+    /* Block the signals before any thread starts: only sigwait sees them. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() != 0) {
+        fprintf(stderr, "authz-server: libevent without thread support\n");
+        return 1;
+    }
+    a.sh.log = azc_log_new("authz", AZC_LOG_INFO, stderr);
+    a.sh.metrics = azc_metrics_new();
+    if (a.sh.log == NULL || a.sh.metrics == NULL ||
+        pthread_mutex_init(&a.sh.status_lock, NULL) != 0) {
+        fprintf(stderr, "authz-server: out of memory\n");
+        return 1;
+    }
+    a.sh.status.next_offset = -1;
+    azc_err_clear(&e);
+    rc = register_metrics(&a.sh, &e);
+    if (rc == AZC_OK)
+        rc = azc_config_load(&a.cfg, cli.config_path, environ, &e);
+    if (rc == AZC_OK)
+        rc = load_settings(&a, &e);
+    if (rc != AZC_OK) {
+        azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
+        fprintf(stderr, "authz-server: %s\n", e.msg);
+        rc = 2;
+        goto out;
+    }
+    rc = run(&a, &e);
+    if (rc != AZC_OK) {
+        azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
+        rc = 1;
+    }
+out:
+    /* The consumer finishes (commits or rolls back) its batch first. */
+    az_consumer_free(a.consumer);
+    for (i = 0; i < MAX_WORKERS; i++)
+        worker_free(&a.workers[i]);
+    pthread_mutex_destroy(&a.sh.status_lock);
+    azc_config_free(a.cfg);
+    azc_metrics_free(a.sh.metrics);
+    azc_log_free(a.sh.log);
+    return rc;
+}
