@@ -168,12 +168,20 @@ def test_model_and_crash_recovery(cluster, workdir, identity, admin, authz):
     t = threading.Thread(target=killer)
     t.start()
     try:
-        last = run_ops(admin, model, rng, OPS)
+        try:
+            last = run_ops(admin, model, rng, OPS)
+        finally:
+            stop.set()
+            t.join()
+        check_both(model, authz, victim, last, kills[0], errors)
+        victim.stop()
     finally:
-        stop.set()
-        t.join()
+        victim.kill()   # a failure must not leave it running
+
+
+def check_both(model, authz, victim, last, kills, errors):
     assert not errors, errors
-    assert kills[0] >= (3 if OPS >= 5000 else 1), f"only {kills[0]} kills"
+    assert kills >= (3 if OPS >= 5000 else 1), f"only {kills} kills"
     authz.wait_applied(last)
     victim.wait_applied(last)
 
@@ -196,6 +204,5 @@ def test_model_and_crash_recovery(cluster, workdir, identity, admin, authz):
         if got["allowed"] != want:
             mismatches.append((q, want, got))
     assert not mismatches, mismatches[:5]
-    victim.stop()
-    print(f"{kills[0]} kills; {len(model.users)} users, {len(model.teams)} teams, "
+    print(f"{kills} kills; {len(model.users)} users, {len(model.teams)} teams, "
           f"{len(model.members)} memberships, {len(model.assignments)} assignments")
