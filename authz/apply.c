@@ -34,7 +34,7 @@ static const char SQL_USER_DELETE[] =
     " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
 
 static const char SQL_MEMBER_SET[] =
-    "INSERT INTO authz.memberships AS t (team_id, user_id, hlc, origin, origin_seq, deleted)"
+    "INSERT INTO authz.memberships AS t (team_id, user_id, deleted, hlc, origin, origin_seq)"
     " VALUES ($1, $2, $3, $4, $5, $6)"
     " ON CONFLICT (team_id, user_id) DO UPDATE SET hlc = EXCLUDED.hlc, origin = EXCLUDED.origin,"
     "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
@@ -225,26 +225,6 @@ static int run(PGconn *c, const azc_event *ev, const char *sql, int n, const cha
     return rc;
 }
 
-/* Same with one trailing parameter after the metadata (deleted flag). */
-static int run_flag(PGconn *c, const azc_event *ev, const char *sql, const char *a,
-                    const char *b, const char *flag, azc_err *e)
-{
-    char hlc[24], seq[24];
-    const char *p[6];
-    int rc;
-
-    snprintf(hlc, sizeof hlc, "%" PRIu64, ev->hlc);
-    snprintf(seq, sizeof seq, "%" PRIu64, ev->seq);
-    p[0] = a;
-    p[1] = b;
-    p[2] = hlc;
-    p[3] = ev->origin;
-    p[4] = seq;
-    p[5] = flag;
-    rc = azc_pg_query(c, sql, 6, p, NULL, e);
-    return rc;
-}
-
 static int role_upsert(PGconn *c, const azc_event *ev, azc_err *e)
 {
     const json_t *d = ev->data;
@@ -314,8 +294,10 @@ int az_event_apply(PGconn *c, const azc_event *ev, azc_err *e)
                    NULL, e);
     case AZC_EV_TEAM_MEMBER_ADDED:
     case AZC_EV_TEAM_MEMBER_REMOVED:
-        return run_flag(c, ev, SQL_MEMBER_SET, str(d, "team_id"), str(d, "user_id"),
-                        ev->type == AZC_EV_TEAM_MEMBER_REMOVED ? "true" : "false", e);
+        return run(c, ev, SQL_MEMBER_SET, 3,
+                   (const char *[]){ str(d, "team_id"), str(d, "user_id"),
+                                     ev->type == AZC_EV_TEAM_MEMBER_REMOVED ? "true" : "false" },
+                   NULL, e);
     case AZC_EV_ROLE_CREATED:
     case AZC_EV_ROLE_UPDATED:
         return role_upsert(c, ev, e);

@@ -14,7 +14,6 @@
 #include <string.h>
 
 #include <event2/event.h>
-#include <event2/thread.h>
 
 #include "authz/api.h"
 #include "authz/consumer.h"
@@ -23,6 +22,7 @@
 #include "common/config.h"
 #include "common/migrate.h"
 #include "common/pg.h"
+#include "common/service.h"
 
 extern char **environ;
 
@@ -118,15 +118,6 @@ static int worker_ready(void *arg, azc_err *why)
     return AZC_OK;
 }
 
-static void *worker_main(void *arg)
-{
-    az_worker *w = arg;
-
-    if (event_base_dispatch(w->base) < 0)
-        azc_logf(w->sh->log, AZC_LOG_ERROR, "worker %d: event loop failed", w->index);
-    return NULL;
-}
-
 static int worker_init(app *a, az_worker *w, int index, azc_err *e)
 {
     azc_http_options opts;
@@ -219,9 +210,8 @@ static int register_metrics(az_shared *sh, azc_err *e)
     return AZC_OK;
 }
 
-static int run(app *a, azc_err *e)
+static int run(app *a, const sigset_t *set, azc_err *e)
 {
-    sigset_t set;
     int i, rc, sig = 0;
 
     if ((rc = azc_migrate_url(a->sh.set.pg_url, "authz-server-migrate", 30000,
@@ -236,8 +226,8 @@ static int run(app *a, azc_err *e)
         a->nworkers++;
     }
     for (i = 0; i < a->nworkers; i++) {
-        if (pthread_create(&a->workers[i].thread, NULL, worker_main, &a->workers[i]) != 0)
-            return azc_err_set(e, AZC_ERROR, "cannot start worker thread");
+        if ((rc = azc_loop_start(a->workers[i].base, &a->workers[i].thread, e)) != AZC_OK)
+            return rc;
     }
     {
         json_t *f = json_pack("{s:s, s:s, s:i, s:i}", "region", a->sh.set.region, "topic",
@@ -245,15 +235,10 @@ static int run(app *a, azc_err *e)
         azc_log_write(a->sh.log, AZC_LOG_INFO, NULL, f, "authz-server started");
         json_decref(f);
     }
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    if (sigwait(&set, &sig) == 0)
+    if (sigwait(set, &sig) == 0)
         azc_logf(a->sh.log, AZC_LOG_INFO, "signal %d: shutting down", sig);
     for (i = 0; i < a->nworkers; i++)
-        event_base_loopexit(a->workers[i].base, NULL);
-    for (i = 0; i < a->nworkers; i++)
-        pthread_join(a->workers[i].thread, NULL);
+        azc_loop_stop(a->workers[i].base, a->workers[i].thread, a->sh.log);
     return AZC_OK;
 }
 
@@ -272,14 +257,9 @@ int main(int argc, char **argv)
                        &cli, stdout, stderr);
     if (rc != AZC_CLI_RUN)
         return rc == AZC_CLI_EXIT ? 0 : 2;
-    /* Block the signals before any thread starts: only sigwait sees them. */
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    if (evthread_use_pthreads() != 0) {
-        fprintf(stderr, "authz-server: libevent without thread support\n");
+    /* Before any thread starts: only sigwait sees the stop signals. */
+    if (azc_service_signals(&set, 0, &e) != AZC_OK) {
+        fprintf(stderr, "authz-server: %s\n", e.msg);
         return 1;
     }
     a.sh.log = azc_log_new("authz", AZC_LOG_INFO, stderr);
@@ -302,7 +282,7 @@ int main(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    rc = run(&a, &e);
+    rc = run(&a, &set, &e);
     if (rc != AZC_OK) {
         azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
         rc = 1;

@@ -19,13 +19,13 @@
 #include <unistd.h>
 
 #include <event2/event.h>
-#include <event2/thread.h>
 
 #include "common/cli.h"
 #include "common/config.h"
 #include "common/http.h"
 #include "common/migrate.h"
 #include "common/pg.h"
+#include "common/service.h"
 #include "identity/dispatch.h"
 #include "identity/relay.h"
 #include "identity/service.h"
@@ -166,15 +166,6 @@ static int worker_ready(void *arg, azc_err *why)
     return AZC_OK;
 }
 
-static void *worker_main(void *arg)
-{
-    id_worker *w = arg;
-
-    if (event_base_dispatch(w->base) < 0)
-        azc_logf(w->sh->log, AZC_LOG_ERROR, "worker %d: event loop failed", w->index);
-    return NULL;
-}
-
 static int worker_init(app *a, id_worker *w, int index, azc_err *e)
 {
     azc_http_options opts;
@@ -249,9 +240,8 @@ static void reload_keys(app *a)
     azc_logf(a->sh.log, AZC_LOG_INFO, "SIGHUP: %zu JWT keys loaded", azc_jwt_keys_count(fresh));
 }
 
-static int run(app *a, azc_err *e)
+static int run(app *a, const sigset_t *set, azc_err *e)
 {
-    sigset_t set;
     int i, rc, sig = 0;
 
     if ((rc = azc_migrate_url(a->sh.set.pg_url, "authz-identity-migrate", 30000,
@@ -275,8 +265,8 @@ static int run(app *a, azc_err *e)
             return AZC_ERROR;
     }
     for (i = 0; i < a->nworkers; i++) {
-        if (pthread_create(&a->workers[i].thread, NULL, worker_main, &a->workers[i]) != 0)
-            return azc_err_set(e, AZC_ERROR, "cannot start worker thread");
+        if ((rc = azc_loop_start(a->workers[i].base, &a->workers[i].thread, e)) != AZC_OK)
+            return rc;
     }
     {
         json_t *f = json_pack("{s:s, s:i, s:i, s:b, s:b}", "region", a->sh.set.region, "port",
@@ -285,12 +275,8 @@ static int run(app *a, azc_err *e)
         azc_log_write(a->sh.log, AZC_LOG_INFO, NULL, f, "authz-identity started");
         json_decref(f);
     }
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
     for (;;) {
-        if (sigwait(&set, &sig) != 0)
+        if (sigwait(set, &sig) != 0)
             break;
         if (sig == SIGHUP) {
             reload_keys(a);
@@ -302,9 +288,7 @@ static int run(app *a, azc_err *e)
     /* Each loop finishes the request it is running (a whole transaction)
      * before it exits. */
     for (i = 0; i < a->nworkers; i++)
-        event_base_loopexit(a->workers[i].base, NULL);
-    for (i = 0; i < a->nworkers; i++)
-        pthread_join(a->workers[i].thread, NULL);
+        azc_loop_stop(a->workers[i].base, a->workers[i].thread, a->sh.log);
     return AZC_OK;
 }
 
@@ -322,15 +306,9 @@ int main(int argc, char **argv)
                        &cli, stdout, stderr);
     if (rc != AZC_CLI_RUN)
         return rc == AZC_CLI_EXIT ? 0 : 2;
-    /* Block the signals before any thread starts: only sigwait sees them. */
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    if (evthread_use_pthreads() != 0) {
-        fprintf(stderr, "authz-identity: libevent without thread support\n");
+    /* Before any thread starts: only sigwait sees the stop signals. */
+    if (azc_service_signals(&set, 1, &e) != AZC_OK) {
+        fprintf(stderr, "authz-identity: %s\n", e.msg);
         return 1;
     }
     a.sh.log = azc_log_new("identity", AZC_LOG_INFO, stderr);
@@ -352,7 +330,7 @@ int main(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    rc = run(&a, &e);
+    rc = run(&a, &set, &e);
     if (rc != AZC_OK) {
         azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
         rc = 1;
