@@ -22,10 +22,12 @@ static const char *const type_names[AZC_EV__COUNT] = {
     [AZC_EV_ASSIGNMENT_CREATED] = "assignment.created",
     [AZC_EV_ASSIGNMENT_DELETED] = "assignment.deleted",
     [AZC_EV_HEARTBEAT] = "heartbeat",
+    [AZC_EV_RESYNC_BEGIN] = "resync.begin",
+    [AZC_EV_RESYNC_END] = "resync.end",
 };
 
 static const char *const members[] = {
-    "version", "id", "type", "origin", "seq", "hlc", "data"
+    "version", "id", "type", "origin", "epoch", "seq", "hlc", "data"
 };
 
 const char *azc_event_type_name(azc_event_type t)
@@ -68,6 +70,8 @@ static int validate(const azc_event *ev, azc_err *e)
         return azc_err_set(e, AZC_EINVAL, "event: unknown type");
     if (!azc_region_valid(ev->origin))
         return azc_err_set(e, AZC_EINVAL, "event: \"origin\" must be a region name");
+    if (ev->epoch == 0 || ev->epoch > (uint64_t)INT64_MAX)
+        return azc_err_set(e, AZC_EINVAL, "event: \"epoch\" must be a positive 63-bit integer");
     if (ev->seq == 0 && ev->type != AZC_EV_HEARTBEAT)
         return azc_err_set(e, AZC_EINVAL, "event: \"seq\" must be at least 1");
     if (ev->seq > (uint64_t)INT64_MAX)
@@ -137,6 +141,10 @@ static int decode_root(json_t *root, azc_event *ev, azc_err *e)
         return rc;
     if ((rc = get_str(root, "origin", ev->origin, sizeof ev->origin, e)) != AZC_OK)
         return rc;
+    ev->epoch = 1;   /* envelopes written before epochs existed */
+    if (json_object_get(root, "epoch") != NULL &&
+        (rc = get_uint(root, "epoch", &ev->epoch, e)) != AZC_OK)
+        return rc;
     if ((rc = get_uint(root, "seq", &ev->seq, e)) != AZC_OK)
         return rc;
     if ((rc = get_uint(root, "hlc", &ev->hlc, e)) != AZC_OK)
@@ -184,11 +192,12 @@ int azc_event_encode(const azc_event *ev, char **out, size_t *len, azc_err *e)
     *out = NULL;
     if ((rc = validate(ev, e)) != AZC_OK)
         return rc;
-    root = json_pack("{s:i, s:s, s:s, s:s, s:I, s:I, s:O?}",
+    root = json_pack("{s:i, s:s, s:s, s:s, s:I, s:I, s:I, s:O?}",
                      "version", ev->version,
                      "id", ev->id,
                      "type", azc_event_type_name(ev->type),
                      "origin", ev->origin,
+                     "epoch", (json_int_t)ev->epoch,
                      "seq", (json_int_t)ev->seq,
                      "hlc", (json_int_t)ev->hlc,
                      "data", ev->data);

@@ -3,10 +3,14 @@
  * a region's Kafka topic and the authz service reads back.
  *
  *   {"version":1,"id":"<uuid>","type":"team.member_added","origin":"us",
- *    "seq":42,"hlc":123456789,"data":{...}}
+ *    "epoch":1,"seq":42,"hlc":123456789,"data":{...}}
  *
- * `seq` is the origin's outbox sequence (strictly increasing, no gaps, 0
- * only for a heartbeat sent before any change), `hlc` its HLC. The decoder
+ * `seq` is the origin's outbox sequence (strictly increasing, no gaps
+ * within an epoch, 0 only for a heartbeat sent before any change), `hlc`
+ * its HLC. `epoch` counts the origin's resynchronisations (docs/events.md):
+ * a new epoch starts with resync.begin, carries the origin's whole state,
+ * and ends with resync.end; its seqs continue above every seq of the
+ * epochs before it. An envelope without "epoch" is epoch 1. The decoder
  * is strict: unknown versions, types or members, wrong JSON types and
  * oversized input are errors with a message naming the field, because a
  * consumer must route anything it does not fully understand to its
@@ -43,6 +47,8 @@ typedef enum azc_event_type {
     AZC_EV_ASSIGNMENT_CREATED,
     AZC_EV_ASSIGNMENT_DELETED,
     AZC_EV_HEARTBEAT,
+    AZC_EV_RESYNC_BEGIN,
+    AZC_EV_RESYNC_END,
     AZC_EV__COUNT
 } azc_event_type;
 
@@ -51,6 +57,7 @@ typedef struct azc_event {
     char id[AZC_UUID_LEN];
     azc_event_type type;
     char origin[AZC_REGION_MAX + 1];
+    uint64_t epoch;   /* >= 1 */
     uint64_t seq;
     uint64_t hlc;
     json_t *data;     /* owned by the event: azc_event_clear releases it */

@@ -36,6 +36,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <event2/util.h>
 
@@ -910,6 +911,19 @@ const char *azc_http_req_query(const azc_http_req *r, const char *name)
 const char *azc_http_req_header(const azc_http_req *r, const char *name)
 {
     return evhttp_find_header(evhttp_request_get_input_headers(r->ev), name);
+}
+
+size_t azc_http_req_header_count(const azc_http_req *r, const char *name)
+{
+    struct evkeyvalq *hs = evhttp_request_get_input_headers(r->ev);
+    struct evkeyval *kv;
+    size_t n = 0;
+
+    for (kv = hs->tqh_first; kv != NULL; kv = kv->next.tqe_next) {
+        if (evutil_ascii_strcasecmp(kv->key, name) == 0)
+            n++;
+    }
+    return n;
 }
 
 json_t *azc_http_req_json(const azc_http_req *r)

@@ -193,8 +193,12 @@ const char *azc_http_req_param(const azc_http_req *r, const char *name);
 /* First value of query parameter `name` ('+' and percent-escapes decoded
  * in names and values); NULL if absent. */
 const char *azc_http_req_query(const azc_http_req *r, const char *name);
-/* Request header, case-insensitive name; NULL if absent. */
+/* Request header, case-insensitive name; NULL if absent. The first one
+ * when the request repeats it: a handler for which a repeated header is
+ * ambiguous refuses it with azc_http_req_header_count. */
 const char *azc_http_req_header(const azc_http_req *r, const char *name);
+/* How many times header `name` (case-insensitive) appears in the request. */
+size_t azc_http_req_header_count(const azc_http_req *r, const char *name);
 /* Parsed body of an AZC_ROUTE_JSON_BODY route, borrowed (json_incref to
  * keep it); NULL on other routes. */
 json_t *azc_http_req_json(const azc_http_req *r);

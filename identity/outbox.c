@@ -121,6 +121,7 @@ int id_outbox_append(PGconn *c, const char *origin, const id_events *l, azc_revi
 
         memset(&ev, 0, sizeof ev);
         ev.version = AZC_EVENT_VERSION;
+    ev.epoch = 1;
         if (azc_uuid_new(ev.id) != AZC_OK)
             return azc_err_set(e, AZC_ERROR, "outbox: random generator failed");
         ev.type = l->items[i].type;

@@ -401,6 +401,7 @@ static int heartbeat(id_relay *r, int *sent, azc_err *e)
     if (last_seq > r->produced)
         return AZC_OK;         /* rows committed meanwhile: send them first */
     ev.version = AZC_EVENT_VERSION;
+    ev.epoch = 1;
     if (azc_uuid_new(ev.id) != AZC_OK)
         return azc_err_set(e, AZC_ERROR, "relay: random generator failed");
     ev.type = AZC_EV_HEARTBEAT;

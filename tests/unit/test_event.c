@@ -28,6 +28,7 @@ static void test_round_trip_all_types(void **state)
         memcpy(ev.id, ID, sizeof ID);
         ev.type = (azc_event_type)t;
         strcpy(ev.origin, "eu");
+        ev.epoch = 3;
         ev.seq = 42;
         ev.hlc = ((uint64_t)1763800000000ULL << 16) | 7;
         ev.data = json_pack("{s:s, s:[s,s]}", "team_id", "t1", "perms", "doc:read", "doc:*");
@@ -38,6 +39,7 @@ static void test_round_trip_all_types(void **state)
         assert_string_equal(back.id, ID);
         assert_int_equal(back.type, t);
         assert_string_equal(back.origin, "eu");
+        assert_int_equal(back.epoch, 3);
         assert_int_equal(back.seq, 42);
         assert_int_equal(back.hlc, ev.hlc);
         assert_true(json_equal(back.data, ev.data));
@@ -61,12 +63,16 @@ static void test_exact_encoding(void **state)
     memcpy(ev.id, ID, sizeof ID);
     ev.type = AZC_EV_HEARTBEAT;
     strcpy(ev.origin, "us");
+    ev.epoch = 1;
     ev.seq = 0;               /* heartbeat before any change */
     ev.hlc = 5;
     assert_int_equal(azc_event_encode(&ev, &text, &len, &e), AZC_OK);
     assert_string_equal(text, "{\"version\":1,\"id\":\"" ID "\",\"type\":\"heartbeat\","
-                              "\"origin\":\"us\",\"seq\":0,\"hlc\":5,\"data\":{}}");
+                              "\"origin\":\"us\",\"epoch\":1,\"seq\":0,\"hlc\":5,\"data\":{}}");
     free(text);
+    /* epoch 0 is never produced */
+    ev.epoch = 0;
+    assert_int_equal(azc_event_encode(&ev, &text, &len, &e), AZC_EINVAL);
 }
 
 static void test_not_nul_terminated(void **state)
@@ -79,6 +85,7 @@ static void test_not_nul_terminated(void **state)
 
     assert_int_equal(azc_event_decode(src, strlen(src) - strlen("GARBAGE"), &ev, &e), AZC_OK);
     assert_int_equal(ev.type, AZC_EV_USER_CREATED);
+    assert_int_equal(ev.epoch, 1);   /* no "epoch": the first epoch */
     azc_event_clear(&ev);
     assert_int_equal(azc_event_decode(src, strlen(src), &ev, &e), AZC_EINVAL);
     assert_null(ev.data);
@@ -101,6 +108,8 @@ static void test_malformed(void **state)
         { "{" OK_PREFIX ",\"seq\":1.5,\"hlc\":9,\"data\":{}}", "\"seq\" must be a non-negative integer" },
         { "{" OK_PREFIX ",\"seq\":0,\"hlc\":9,\"data\":{}}", "\"seq\" must be at least 1" },
         { "{" OK_PREFIX ",\"seq\":1,\"hlc\":0,\"data\":{}}", "\"hlc\" must be a positive" },
+        { "{" OK_PREFIX ",\"epoch\":0,\"seq\":1,\"hlc\":9,\"data\":{}}", "\"epoch\" must be a positive" },
+        { "{" OK_PREFIX ",\"epoch\":\"2\",\"seq\":1,\"hlc\":9,\"data\":{}}", "\"epoch\" must be a non-negative integer" },
         { "{" OK_PREFIX ",\"seq\":1,\"hlc\":9,\"data\":[]}", "\"data\" must be an object" },
         { "{" OK_PREFIX ",\"seq\":1,\"hlc\":9,\"data\":{},\"extra\":1}", "unknown member \"extra\"" },
         { "{" OK_PREFIX ",\"seq\":1,\"seq\":2,\"hlc\":9,\"data\":{}}", "duplicate" },
@@ -158,6 +167,7 @@ static void test_oversized(void **state)
     memcpy(ev.id, ID, sizeof ID);
     ev.type = AZC_EV_ROLE_CREATED;
     strcpy(ev.origin, "us");
+    ev.epoch = 1;
     ev.seq = 1;
     ev.hlc = 1;
     big = malloc(AZC_EVENT_MAX_BYTES);
