@@ -1,8 +1,11 @@
 /*
- * Check and status handlers, the route table, and worker 0's periodic
- * tick (lag gauges, feed pruning). Check semantics: docs/authz.md.
+ * Check and status handlers and the route table. Check semantics:
+ * docs/authz.md.
  */
 #include "authz/api.h"
+#include "authz/feed.h"
+#include "authz/snapshot.h"
+#include "authz/status.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,61 +16,45 @@
 #include "common/pg.h"
 #include "common/policy.h"
 #include "common/revision.h"
+#include "common/text.h"
 
-/* One round trip: the first granting assignment (if any), the applied HLC
- * of the revision's origin, and the origin that lags most and by how much
- * (milliseconds). */
+/* One round trip: the first granting assignment (if any), the applied and
+ * known HLCs of the revision's origin ($7), the origin that lags most and
+ * by how much (milliseconds), the origin not heard from for longest and
+ * for how long (ms since its row was last rewritten by a heartbeat or an
+ * event), whether this region's own origin ($8) was ever heard from, and
+ * the database's clock in ms (the bound for impossible revisions, taken
+ * from the database so every worker and host agrees with updated_at). */
 static const char SQL_CHECK[] =
     "WITH u AS (SELECT user_id FROM authz.users WHERE subject = $1 AND NOT deleted),"
     " p AS (SELECT 'user'::text AS t, user_id AS id FROM u"
     "       UNION ALL"
     "       SELECT 'team', m.team_id FROM authz.memberships m JOIN u ON m.user_id = u.user_id"
     "        WHERE NOT m.deleted),"
-    " lag AS (SELECT origin, (known_hlc >> 16) - (applied_hlc >> 16) AS ms FROM authz.watermarks"
-    "          ORDER BY 2 DESC LIMIT 1)"
+    " w AS (SELECT origin, applied_hlc, known_hlc,"
+    "              (known_hlc >> 16) - (applied_hlc >> 16) AS lag_ms,"
+    "              floor(extract(epoch FROM now() - updated_at) * 1000)::bigint AS quiet_ms"
+    "         FROM authz.watermarks),"
+    " lag AS (SELECT origin, lag_ms FROM w ORDER BY lag_ms DESC LIMIT 1),"
+    " quiet AS (SELECT origin, quiet_ms FROM w ORDER BY quiet_ms DESC LIMIT 1)"
     " SELECT (SELECT a.assignment_id::text FROM authz.policies a"
     "           JOIN p ON a.principal_type = p.t AND a.principal_id = p.id"
     "          WHERE NOT a.deleted AND a.region IN ($4, '*') AND a.resource IN ($3, $5, '*')"
     "            AND a.permissions && ARRAY[$2, $6, '*']::text[] LIMIT 1),"
-    "        (SELECT applied_hlc FROM authz.watermarks WHERE origin = $7),"
-    "        (SELECT ms FROM lag), (SELECT origin FROM lag)";
+    "        (SELECT applied_hlc FROM w WHERE origin = $7),"
+    "        (SELECT lag_ms FROM lag), (SELECT origin FROM lag),"
+    "        (SELECT known_hlc FROM w WHERE origin = $7),"
+    "        (SELECT quiet_ms FROM quiet), (SELECT origin FROM quiet),"
+    "        EXISTS (SELECT 1 FROM w WHERE origin = $8),"
+    "        floor(extract(epoch FROM now()) * 1000)::bigint";
 
 static const char SQL_STATUS[] =
     "SELECT (SELECT coalesce(json_object_agg(origin, json_build_object("
-    "          'applied_seq', applied_seq, 'applied_hlc', applied_hlc, 'known_hlc', known_hlc)),"
+    "          'applied_seq', applied_seq, 'applied_hlc', applied_hlc, 'known_hlc', known_hlc,"
+    "          'silence_ms', floor(extract(epoch FROM now() - updated_at) * 1000)::bigint)),"
     "          '{}')::text FROM authz.watermarks),"
     "       (SELECT count(*) FROM authz.dead_letters),"
     "       last_seq, pruned_through FROM authz.feed_state";
-
-static const char SQL_WATERMARKS[] = "SELECT origin, applied_hlc, known_hlc FROM authz.watermarks";
-
-/* Keeps the newest $1 feed rows. One statement: the feed_state row lock
- * orders it with concurrent appends. */
-static const char SQL_PRUNE[] =
-    "WITH p AS (UPDATE authz.feed_state"
-    "              SET pruned_through = greatest(pruned_through, last_seq - $1::bigint)"
-    "            RETURNING pruned_through)"
-    " DELETE FROM authz.changes WHERE seq <= (SELECT pruned_through FROM p)";
-
-void az_reply_db_error(az_worker *w, azc_http_req *r, const azc_err *e)
-{
-    azc_log_reqf(w->sh->log, AZC_LOG_ERROR, azc_http_req_id(r), "database: %s", e->msg);
-    if (PQstatus(w->pg) != CONNECTION_OK) {
-        PQreset(w->pg);
-        azc_http_reply_error(r, 503, "unavailable", "the policy store is unavailable");
-        return;
-    }
-    azc_http_reply_error(r, 500, "internal", "the policy store failed");
-}
-
-json_t *az_json_or_reply(azc_http_req *r, const char *text)
-{
-    json_t *j = json_loads(text, 0, NULL);
-
-    if (j == NULL)
-        azc_http_reply_error(r, 500, "internal", "the policy store returned malformed JSON");
-    return j;
-}
 
 /* ---- POST /v1/check ------------------------------------------------------ */
 
@@ -103,7 +90,8 @@ static int check_parse(az_worker *w, azc_http_req *r, check_req *q)
     json_object_foreach(b, k, v) {
         if (strcmp(k, "subject") != 0 && strcmp(k, "action") != 0 && strcmp(k, "resource") != 0 &&
             strcmp(k, "region") != 0) {
-            azc_http_reply_error(r, 400, "invalid_request", "unknown member \"%.64s\"", k);
+            azc_http_reply_error(r, 400, "invalid_request", "unknown member \"%.*s\"",
+                                 (int)azc_utf8_cut(k, 64), k);
             return -1;
         }
         if (!json_is_string(v)) {
@@ -134,6 +122,12 @@ static int check_parse(az_worker *w, azc_http_req *r, check_req *q)
         azc_http_reply_error(r, 400, "invalid_request", "region must be one of service.regions");
         return -1;
     }
+    /* Two tokens name two points in time: which one the client meant is
+     * unknowable, and answering for either could deny finally too early. */
+    if (azc_http_req_header_count(r, "Authz-Revision") > 1) {
+        azc_http_reply_error(r, 400, "invalid_revision", "more than one Authz-Revision header");
+        return -1;
+    }
     h = azc_http_req_header(r, "Authz-Revision");
     if (h != NULL) {
         if (azc_revision_decode(h, &q->rev, &e) != AZC_OK) {
@@ -150,12 +144,81 @@ static int check_parse(az_worker *w, azc_http_req *r, check_req *q)
     return 0;
 }
 
+static long long int_or(const PGresult *res, int col, long long dflt)
+{
+    return PQgetisnull(res, 0, col) ? dflt : strtoll(PQgetvalue(res, 0, col), NULL, 10);
+}
+
+/*
+ * Picks the decision for a check whose SQL_CHECK row is `res` (see
+ * docs/authz.md, "POST /v1/check"): an allow; a final deny for a revision no
+ * origin could have issued yet; a transient deny while the revision is not
+ * applied, an origin is silent or one lags; else a final deny. Writes the
+ * reason into reason[len].
+ */
+static const char *decide(const az_worker *w, const check_req *q, const PGresult *res,
+                          long long *lag_ms, char *reason, size_t len)
+{
+    const az_settings *s = &w->sh->set;
+    long long silence_max = s->heartbeat_ms * s->silence_heartbeats;
+    long long quiet_ms = int_or(res, 5, 0), db_ms = int_or(res, 8, 0);
+
+    *lag_ms = int_or(res, 2, 0);
+    if (!PQgetisnull(res, 0, 0)) {
+        azc_text_fmt(reason, len, "granted by assignment %s", PQgetvalue(res, 0, 0));
+        return "allow";
+    }
+    if (q->has_rev) {
+        uint64_t known = PQgetisnull(res, 0, 4) ? 0 : strtoull(PQgetvalue(res, 0, 4), NULL, 10);
+        uint64_t applied = PQgetisnull(res, 0, 1) ? 0 : strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+        long long bound = (long long)AZC_HLC_MS(known);
+
+        /* A token from a write whose heartbeat has not arrived yet is at
+         * most the clock skew ahead of now; one beyond that (a forged or
+         * corrupted token) would otherwise stay transient forever. */
+        if (db_ms > bound)
+            bound = db_ms;
+        if ((long long)AZC_HLC_MS(q->rev.hlc) > bound + s->clock_tolerance_ms) {
+            azc_text_fmt(reason, len,
+                         "the revision is ahead of anything origin %s has issued (%lld ms past "
+                         "its newest HLC and this region's clock, tolerance %lld ms)",
+                         q->rev.origin, (long long)AZC_HLC_MS(q->rev.hlc) - bound,
+                         s->clock_tolerance_ms);
+            return "deny";
+        }
+        if (applied < q->rev.hlc) {
+            azc_text_fmt(reason, len, "the revision of %s is not applied in this region yet",
+                         q->rev.origin);
+            return "deny-transient";
+        }
+    }
+    if (!PQgetisnull(res, 0, 7) && strcmp(PQgetvalue(res, 0, 7), "f") == 0) {
+        azc_text_fmt(reason, len, "this region has never heard from origin %s", s->region);
+        return "deny-transient";
+    }
+    if (!PQgetisnull(res, 0, 6) && quiet_ms > silence_max) {
+        azc_text_fmt(reason, len,
+                     "this region has not heard from origin %s for %lld ms (silent above %lld "
+                     "ms): it may be behind",
+                     PQgetvalue(res, 0, 6), quiet_ms, silence_max);
+        return "deny-transient";
+    }
+    if (*lag_ms > s->transient_lag_ms) {
+        azc_text_fmt(reason, len, "this region lags origin %s by %lld ms", PQgetvalue(res, 0, 3),
+                     *lag_ms);
+        return "deny-transient";
+    }
+    azc_text_fmt(reason, len, "no assignment grants %s on %s in %s", q->action, q->resource,
+                 q->region);
+    return "deny";
+}
+
 void az_check_handler(azc_http_req *r, void *arg)
 {
     az_worker *w = arg;
     check_req q;
     char awild[80], rwild[80], reason[512];
-    const char *p[7];
+    const char *p[8];
     const char *decision;
     PGresult *res = NULL;
     azc_err e;
@@ -176,30 +239,13 @@ void az_check_handler(azc_http_req *r, void *arg)
     p[4] = rwild;
     p[5] = awild;
     p[6] = q.has_rev ? q.rev.origin : NULL;
-    if (azc_pg_query(w->pg, SQL_CHECK, 7, p, &res, &e) != AZC_OK) {
+    p[7] = w->sh->set.region;
+    if (azc_pg_query(w->pg, SQL_CHECK, 8, p, &res, &e) != AZC_OK) {
         az_reply_db_error(w, r, &e);
         return;
     }
-    allowed = !PQgetisnull(res, 0, 0);
-    if (!PQgetisnull(res, 0, 2))
-        lag_ms = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
-    if (allowed) {
-        decision = "allow";
-        snprintf(reason, sizeof reason, "granted by assignment %s", PQgetvalue(res, 0, 0));
-    } else if (q.has_rev && (PQgetisnull(res, 0, 1) ||
-                             strtoull(PQgetvalue(res, 0, 1), NULL, 10) < q.rev.hlc)) {
-        decision = "deny-transient";
-        snprintf(reason, sizeof reason, "the revision of %s is not applied in this region yet",
-                 q.rev.origin);
-    } else if (lag_ms > w->sh->set.transient_lag_ms) {
-        decision = "deny-transient";
-        snprintf(reason, sizeof reason, "this region lags origin %s by %lld ms",
-                 PQgetvalue(res, 0, 3), lag_ms);
-    } else {
-        decision = "deny";
-        snprintf(reason, sizeof reason, "no assignment grants %s on %s in %s", q.action,
-                 q.resource, q.region);
-    }
+    decision = decide(w, &q, res, &lag_ms, reason, sizeof reason);
+    allowed = strcmp(decision, "allow") == 0;
     PQclear(res);
     if (azc_metric_inc(w->sh->m_checks, (const char *const[]){ decision, NULL }, 1) != AZC_OK)
         azc_log_reqf(w->sh->log, AZC_LOG_WARN, azc_http_req_id(r), "cannot count a check");
@@ -217,15 +263,77 @@ static const char *state_name(az_consumer_state s)
         return "running";
     case AZ_CONSUMER_STOPPED:
         return "stopped";
+    case AZ_CONSUMER_STALLED:
+        return "stalled";
     default:
         return "starting";
     }
 }
 
+/* The consumer section of /v1/status (docs/authz.md); NULL when out of
+ * memory. */
+static json_t *consumer_json(az_worker *w)
+{
+    az_consumer_status cs;
+    json_t *o, *div = NULL, *rs = NULL;
+    const char *error;
+
+    az_consumer_status_get(w->sh, &cs);
+    error = cs.state == AZ_CONSUMER_STALLED ? cs.stall_reason : cs.error;
+    if (cs.diverged)
+        div = json_pack("{s:I, s:s?, s:s?, s:I}", "seq", (json_int_t)cs.div_seq, "applied_id",
+                        cs.div_applied_id[0] != '\0' ? cs.div_applied_id : NULL, "received_id",
+                        cs.div_received_id[0] != '\0' ? cs.div_received_id : NULL,
+                        "kafka_offset", (json_int_t)cs.div_offset);
+    if (cs.resync_epoch != 0)
+        rs = json_pack("{s:I, s:I}", "epoch", (json_int_t)cs.resync_epoch, "staged",
+                       (json_int_t)cs.resync_staged);
+    o = json_pack("{s:s, s:i, s:I, s:s, s:s?, s:I, s:I, s:I, s:I, s:o?, s:o?}",
+                  "topic", w->sh->set.topic, "partition", 0,
+                  "next_offset", (json_int_t)cs.next_offset, "state", state_name(cs.state),
+                  "error", error[0] != '\0' ? error : NULL,
+                  "epoch", (json_int_t)cs.epoch,
+                  "events_applied", (json_int_t)cs.events_applied,
+                  "duplicates", (json_int_t)cs.duplicates,
+                  "last_message_age_ms", (json_int_t)cs.last_message_age_ms,
+                  "divergence", div, "resync", rs);
+    return o;
+}
+
+/* Adds silent and silence_ms to each origin of `origins`, and an entry
+ * for each configured region never heard from. Only this region's own
+ * origin counts as silent when never heard: the others' heartbeats arrive
+ * through the replicator, which is not built yet. */
+static int add_silence(const az_settings *s, json_t *origins)
+{
+    long long max = s->heartbeat_ms * s->silence_heartbeats;
+    const char *name;
+    json_t *o;
+    size_t i;
+    int bad = 0;
+
+    json_object_foreach(origins, name, o) {
+        json_t *q = json_object_get(o, "silence_ms");
+
+        bad |= json_object_set_new(o, "silent", json_boolean(json_integer_value(q) > max)) != 0;
+        bad |= json_object_set_new(o, "counted", json_true()) != 0;
+    }
+    for (i = 0; i < s->nregions; i++) {
+        int own = strcmp(s->regions[i], s->region) == 0;
+
+        if (json_object_get(origins, s->regions[i]) != NULL)
+            continue;
+        o = json_pack("{s:i, s:i, s:i, s:i, s:n, s:b, s:n, s:b}", "applied_seq", 0, "applied_hlc",
+                      0, "known_hlc", 0, "lag_ms", 0, "staleness_ms", "silent", own,
+                      "silence_ms", "counted", own);
+        bad |= json_object_set_new(origins, s->regions[i], o) != 0;
+    }
+    return bad ? AZC_ENOMEM : AZC_OK;
+}
+
 void az_status_handler(azc_http_req *r, void *arg)
 {
     az_worker *w = arg;
-    az_consumer_status cs;
     PGresult *res = NULL;
     json_t *origins, *o, *body;
     const char *name;
@@ -254,62 +362,17 @@ void az_status_handler(azc_http_req *r, void *arg)
                 0)
             azc_log_reqf(w->sh->log, AZC_LOG_WARN, azc_http_req_id(r), "status: out of memory");
     }
-    az_status_get(w->sh, &cs);
-    body = json_pack("{s:s, s:{s:s, s:i, s:I, s:s, s:s?, s:I, s:I}, s:o, s:I, s:{s:s, s:s}}",
+    if (add_silence(&w->sh->set, origins) != AZC_OK)
+        azc_log_reqf(w->sh->log, AZC_LOG_WARN, azc_http_req_id(r), "status: out of memory");
+    body = json_pack("{s:s, s:o, s:o, s:I, s:{s:s, s:s}}",
                      "region", w->sh->set.region,
-                     "consumer", "topic", w->sh->set.topic, "partition", 0,
-                     "next_offset", (json_int_t)cs.next_offset, "state", state_name(cs.state),
-                     "error", cs.error[0] != '\0' ? cs.error : NULL,
-                     "events_applied", (json_int_t)cs.events_applied,
-                     "duplicates", (json_int_t)cs.duplicates,
+                     "consumer", consumer_json(w),
                      "origins", origins,
                      "dead_letters", (json_int_t)strtoll(PQgetvalue(res, 0, 1), NULL, 10),
                      "feed", "cursor", PQgetvalue(res, 0, 2), "pruned_through",
                      PQgetvalue(res, 0, 3));
     PQclear(res);
     azc_http_reply_json(r, 200, body);
-}
-
-/* ---- worker 0's tick -------------------------------------------------------- */
-
-void az_tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-    az_worker *w = arg;
-    PGresult *res = NULL;
-    char retain[24];
-    const char *p = retain;
-    long long now = (long long)azc_wall_ms();
-    azc_err e;
-    int i;
-
-    (void)fd;
-    (void)what;
-    if (PQstatus(w->pg) != CONNECTION_OK)
-        PQreset(w->pg);
-    if (azc_pg_query(w->pg, SQL_WATERMARKS, 0, NULL, &res, &e) != AZC_OK) {
-        azc_logf(w->sh->log, AZC_LOG_WARN, "tick: %s", e.msg);
-        return;
-    }
-    for (i = 0; i < PQntuples(res); i++) {
-        uint64_t applied = strtoull(PQgetvalue(res, i, 1), NULL, 10);
-        uint64_t known = strtoull(PQgetvalue(res, i, 2), NULL, 10);
-
-        if (azc_metric_set(w->sh->m_lag, (const char *const[]){ PQgetvalue(res, i, 0), NULL },
-                           (double)(AZC_HLC_MS(known) - AZC_HLC_MS(applied)) / 1000.0) != AZC_OK)
-            azc_logf(w->sh->log, AZC_LOG_WARN, "tick: cannot set authz_lag_seconds");
-    }
-    PQclear(res);
-    if (now - w->last_prune_ms < w->sh->set.prune_interval_ms)
-        return;
-    w->last_prune_ms = now;
-    snprintf(retain, sizeof retain, "%lld", w->sh->set.feed_retain);
-    if (azc_pg_query(w->pg, SQL_PRUNE, 1, &p, &res, &e) != AZC_OK) {
-        azc_logf(w->sh->log, AZC_LOG_WARN, "feed prune: %s", e.msg);
-        return;
-    }
-    if (atoi(PQcmdTuples(res)) > 0)
-        azc_logf(w->sh->log, AZC_LOG_DEBUG, "feed prune: %s rows removed", PQcmdTuples(res));
-    PQclear(res);
 }
 
 /* ---- routes ------------------------------------------------------------------ */

@@ -90,6 +90,27 @@ static const char SQL_POLICY_DELETE[] =
 
 /* ---- checks of data -------------------------------------------------- */
 
+const char *const az_resync_kinds[AZ_RESYNC_KINDS] = { "users", "roles", "teams", "memberships",
+                                                       "assignments" };
+
+int az_resync_kind(azc_event_type t)
+{
+    switch (t) {
+    case AZC_EV_USER_CREATED:
+        return 0;
+    case AZC_EV_ROLE_CREATED:
+        return 1;
+    case AZC_EV_TEAM_CREATED:
+        return 2;
+    case AZC_EV_TEAM_MEMBER_ADDED:
+        return 3;
+    case AZC_EV_ASSIGNMENT_CREATED:
+        return 4;
+    default:
+        return -1;
+    }
+}
+
 static int member_string(const json_t *data, const char *name, const char **out, azc_err *e)
 {
     json_t *v = json_object_get(data, name);
@@ -188,6 +209,22 @@ int az_event_data_check(const azc_event *ev, azc_err *e)
             return azc_err_set(e, AZC_EINVAL, "data.resource is not a resource pattern");
         return AZC_OK;
     case AZC_EV_HEARTBEAT:
+        /* Older relays send {}; newer ones name the event at seq. */
+        if (json_object_get(d, "last_id") == NULL)
+            return AZC_OK;
+        return member_uuid(d, "last_id", e);
+    case AZC_EV_RESYNC_BEGIN:
+        return AZC_OK;
+    case AZC_EV_RESYNC_END:
+        for (size_t i = 0; i < sizeof az_resync_kinds / sizeof az_resync_kinds[0]; i++) {
+            json_t *n = json_object_get(d, az_resync_kinds[i]);
+
+            if (n == NULL)
+                return azc_err_set(e, AZC_EINVAL, "data.%s is missing", az_resync_kinds[i]);
+            if (!json_is_integer(n) || json_integer_value(n) < 0)
+                return azc_err_set(e, AZC_EINVAL, "data.%s must be a non-negative integer",
+                                   az_resync_kinds[i]);
+        }
         return AZC_OK;
     default:
         return azc_err_set(e, AZC_EINVAL, "unknown event type");

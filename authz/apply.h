@@ -20,6 +20,17 @@
 int az_event_data_check(const azc_event *ev, azc_err *e) AZC_WARN_UNUSED;
 
 /*
+ * The kinds of state a resync carries, in the order of the members of
+ * resync.end's data (counts): users, roles, teams, memberships,
+ * assignments. az_resync_kind maps the one event type that may carry each
+ * (user.created, role.created, team.created, team.member_added,
+ * assignment.created) to its index, anything else to -1.
+ */
+#define AZ_RESYNC_KINDS 5
+extern const char *const az_resync_kinds[AZ_RESYNC_KINDS];
+int az_resync_kind(azc_event_type t);
+
+/*
  * Applies ev (already checked, in seq order, not a heartbeat) on c inside
  * an open transaction. AZC_EINVAL when the event cannot be applied to the
  * current state (an assignment of a role this region does not know): the

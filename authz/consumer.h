@@ -3,7 +3,8 @@
  * messages with librdkafka and applies them in seq order, in PostgreSQL
  * transactions that also store the Kafka position and the watermarks, so a
  * crash anywhere neither loses nor doubles an effect. Its rules for
- * duplicates, gaps and dead letters are in docs/authz.md.
+ * duplicates, gaps, divergences, epochs and resyncs, and dead letters are
+ * in docs/authz.md.
  */
 #ifndef AZ_CONSUMER_H
 #define AZ_CONSUMER_H

@@ -7,6 +7,37 @@
  * answer short). A request with nothing to return waits (deferred) until
  * the LISTEN connection of its worker hears of a commit, its own deadline
  * passes, or its client goes away.
+ *
+ * Fan-out. A worker may hold thousands of waiters, most of them on the
+ * same cursor (every follower that is up to date). A wake-up therefore
+ * runs one read, from the smallest cursor among the waiters and with the
+ * largest limit, and answers every waiter from that result in memory;
+ * only a waiter whose rows the limit cut off (far behind the others) needs
+ * a further read, from its own cursor. Waiters are sorted by (cursor,
+ * limit), so those that get the same answer are adjacent and the body is
+ * serialised once and copied to each. Watermark notifications (five a
+ * second from heartbeats) run that read only when some waiter asked for
+ * watermarks, and never answer the others.
+ *
+ * The worker also keeps what its newest read showed (last seq, pruned
+ * through, watermarks). While no notification has been consumed since
+ * that read and the LISTEN connection is up, every commit not in it is
+ * still to be announced, so a request at the head of the feed can start
+ * waiting (and a waiter at its deadline be answered) from memory: a woken
+ * waiter that asks again at once costs no query.
+ *
+ * Streams (stream=1). A follower that wants every advance keeps one
+ * chunked answer open instead of asking again after each: one JSON line
+ * per message, each the body a long poll would have got, the stream's
+ * cursor moving on as each is queued. Streams are served by the same
+ * wake-up read as the waiters. A stream whose line is still being
+ * written (a slow reader) is not written to again: it is marked pending
+ * and served when its line is out, by one catch-up read shared with every
+ * other stream that drained meanwhile, so its next message carries all
+ * that accumulated (up to its limit). Memory per stream is thus bounded
+ * by one message whatever the client's speed. A line is written at
+ * least every keep-alive interval (an empty line when nothing happened),
+ * so a departed client shows as a failed write and proxies see traffic.
  */
 #include "authz/feed.h"
 
@@ -16,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 
 #include "common/pg.h"
@@ -27,13 +59,16 @@ static const char SQL_CHANGES[] =
     "     FROM (SELECT seq, kind, row FROM authz.changes WHERE seq > $1::bigint"
     "            ORDER BY seq LIMIT $2::int) c),"
     "  (SELECT coalesce(json_object_agg(origin, json_build_object("
-    "            'applied', applied_hlc, 'known', known_hlc)), '{}')::text FROM authz.watermarks)"
+    "            'applied', applied_hlc, 'known', known_hlc) ORDER BY origin), '{}')::text"
+    "     FROM authz.watermarks)"
     " FROM authz.feed_state f";
 static const char SQL_LISTEN[] = "LISTEN authz_changes; LISTEN authz_watermarks";
+static const char CHANNEL_WATERMARKS[] = "authz_watermarks";
 
 #define DEFAULT_LIMIT 1000
 #define MAX_LIMIT 10000
 #define MAX_WAIT_MS 60000
+#define NDJSON "application/x-ndjson"
 
 typedef struct waiter {
     az_feed *f;
@@ -46,15 +81,62 @@ typedef struct waiter {
     struct waiter *prev, *next;
 } waiter;
 
+/* One stream=1 answer. Owned by the feed from reply_start on; freed by
+ * its close callback, its end, or the feed. */
+typedef struct stream {
+    az_feed *f;
+    azc_http_req *r;
+    struct event *keepalive;   /* re-armed by every line queued */
+    long long cursor;          /* of the last message queued */
+    int limit;
+    int want_watermarks;
+    char *watermarks_sent;     /* want_watermarks: the text of the last message that had them */
+    int busy;                  /* a line is queued and not yet written out */
+    int pending;               /* something may be due once it is (or a read failed) */
+    struct stream *prev, *next;
+} stream;
+
+/* One read of the feed: rows after some cursor, and the feed's bounds and
+ * watermarks in the same snapshot. */
+typedef struct feed_read {
+    long long last_seq, pruned;
+    json_t *rows;              /* [{seq, kind, row}, ...], oldest first; NULL when n is 0 */
+    long long *seq;            /* seq of each row */
+    size_t n;
+    int cut;                   /* the read's limit stopped it before last_seq */
+    char *wm_text;             /* watermarks as PostgreSQL wrote them */
+    json_t *wm;
+} feed_read;
+
 struct az_feed {
     az_worker *w;
-    PGconn *listen;
+    azc_pg_link *link;         /* the LISTEN connection; reconnects by itself */
+    PGconn *listen;            /* its connection while up, else NULL */
     struct event *listen_ev;
-    struct event *retry_ev;
     waiter *head;
+    size_t nwaiters, nwant_wm;
+    /* The newest read (bounds and watermarks only, n = 0), and whether it
+     * still covers every notification consumed. */
+    feed_read last;
+    int fresh;
+    waiter **sorted;           /* wake-up scratch, capacity cap */
+    size_t cap;
+    stream *streams;
+    size_t nstreams, nstream_wm;
+    stream **ssorted;          /* wake-up scratch for streams, capacity scap */
+    size_t scap;
+    struct event *catch_up;    /* serves the streams that drained with something due */
+    struct timeval keepalive;  /* the interval, and the common-timeout form of it */
+    const struct timeval *keepalive_tv;
+    struct evbuffer *out;      /* reply scratch */
+    azc_metric *m_reads;       /* authz_feed_reads_total{for} */
+    azc_metric *m_wakeups;     /* authz_feed_wakeups_total{channel} */
+    azc_metric *m_waiters;     /* authz_feed_waiters{worker} */
+    azc_metric *m_streams;     /* authz_feed_streams{worker} */
+    char worker_label[16];
 };
 
-/* ---- answering ----------------------------------------------------------- */
+/* ---- reading --------------------------------------------------------------- */
 
 static int parse_ll(const char *s, long long min, long long max, long long *out)
 {
@@ -71,76 +153,228 @@ static int parse_ll(const char *s, long long min, long long max, long long *out)
     return 0;
 }
 
-typedef enum { SERVE_ANSWERED, SERVE_NOTHING } serve_result;
+static void read_clear(feed_read *rd)
+{
+    json_decref(rd->rows);
+    json_decref(rd->wm);
+    free(rd->seq);
+    free(rd->wm_text);
+    memset(rd, 0, sizeof *rd);
+}
 
-/*
- * Runs the feed query for (after, limit). Answers r (200, 410 or an error)
- * and returns SERVE_ANSWERED, unless `may_wait` and there is nothing to
- * report: then SERVE_NOTHING, with the watermark text in *wm_out (malloc'd,
- * caller frees) when wm_out is given. "Nothing to report" is no change and,
- * when wm_seen is given, the same watermarks as wm_seen.
- */
-static serve_result serve(az_worker *w, azc_http_req *r, long long after, int limit, int may_wait,
-                          const char *wm_seen, char **wm_out)
+/* Marks a malformed answer of the store: the reply is 500, never a retry
+ * hint (503), since asking again gets the same text. */
+#define MALFORMED AZC_EINVAL
+
+static void metric_inc(az_feed *f, azc_metric *m, const char *label)
+{
+    if (azc_metric_inc(m, (const char *const[]){ label, NULL }, 1) != AZC_OK)
+        azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: a metric update failed");
+}
+
+/* Reads the rows after `after` (at most `limit`), the bounds and the
+ * watermarks into *rd (cleared first). `why` labels the read in
+ * authz_feed_reads_total. MALFORMED when the store's JSON does not parse. */
+static int read_feed(az_feed *f, long long after, int limit, const char *why, feed_read *rd,
+                     azc_err *e)
 {
     char a[24], l[16];
     const char *p[2] = { a, l };
     PGresult *res = NULL;
-    json_t *changes, *body, *last;
-    long long last_seq, pruned, cursor;
-    const char *wm;
-    size_t n;
-    int more;
-    azc_err e;
+    size_t i;
+    int rc;
 
+    memset(rd, 0, sizeof *rd);
     snprintf(a, sizeof a, "%lld", after);
     snprintf(l, sizeof l, "%d", limit);
-    if (azc_pg_query(w->pg, SQL_CHANGES, 2, p, &res, &e) != AZC_OK) {
-        az_reply_db_error(w, r, &e);
-        return SERVE_ANSWERED;
+    metric_inc(f, f->m_reads, why);
+    if ((rc = azc_pg_query(f->w->pg, SQL_CHANGES, 2, p, &res, e)) != AZC_OK)
+        return rc;
+    rd->last_seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    rd->pruned = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    rd->rows = json_loads(PQgetvalue(res, 0, 2), 0, NULL);
+    rd->wm_text = strdup(PQgetvalue(res, 0, 3));
+    rd->wm = json_loads(PQgetvalue(res, 0, 3), 0, NULL);
+    PQclear(res);
+    if (rd->wm_text == NULL) {
+        read_clear(rd);
+        return azc_err_set(e, AZC_ENOMEM, "out of memory");
     }
-    last_seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    pruned = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
-    wm = PQgetvalue(res, 0, 3);
-    if (after < pruned || after > last_seq) {
-        PQclear(res);
-        azc_http_reply_error(r, 410, "cursor_expired",
-                             "cursor %lld is outside the feed (%lld to %lld): reload the snapshot",
-                             after, pruned, last_seq);
-        return SERVE_ANSWERED;
+    if (!json_is_array(rd->rows) || !json_is_object(rd->wm)) {
+        read_clear(rd);
+        return azc_err_set(e, MALFORMED, "the policy store returned malformed JSON");
     }
-    if (may_wait && strcmp(PQgetvalue(res, 0, 2), "[]") == 0 &&
-        (wm_seen == NULL || strcmp(wm_seen, wm) == 0)) {
-        if (wm_out != NULL && (*wm_out = strdup(wm)) == NULL) {
-            PQclear(res);
-            azc_http_reply_error(r, 500, "internal", "out of memory");
-            return SERVE_ANSWERED;
+    rd->n = json_array_size(rd->rows);
+    if (rd->n > 0 && (rd->seq = malloc(rd->n * sizeof *rd->seq)) == NULL) {
+        read_clear(rd);
+        return azc_err_set(e, AZC_ENOMEM, "out of memory");
+    }
+    for (i = 0; i < rd->n; i++) {
+        json_t *s = json_object_get(json_array_get(rd->rows, i), "seq");
+
+        if (!json_is_integer(s) || (i > 0 && json_integer_value(s) <= rd->seq[i - 1])) {
+            read_clear(rd);
+            return azc_err_set(e, MALFORMED, "the policy store returned malformed JSON");
         }
-        PQclear(res);
-        return SERVE_NOTHING;
+        rd->seq[i] = (long long)json_integer_value(s);
     }
-    changes = az_json_or_reply(r, PQgetvalue(res, 0, 2));
-    if (changes == NULL) {
-        PQclear(res);
-        return SERVE_ANSWERED;
+    rd->cut = rd->n == (size_t)limit && rd->seq[rd->n - 1] < rd->last_seq;
+    return AZC_OK;
+}
+
+/* The LISTEN connection hears every commit from now on. */
+static int listening(const az_feed *f)
+{
+    return f->listen != NULL && f->listen_ev != NULL && PQstatus(f->listen) == CONNECTION_OK;
+}
+
+/* Keeps rd's bounds and watermarks as the worker's newest read. */
+static void remember(az_feed *f, const feed_read *rd)
+{
+    char *t = strdup(rd->wm_text);
+
+    if (t == NULL) {
+        f->fresh = 0;
+        return;
     }
-    n = json_array_size(changes);
-    last = json_array_get(changes, n > 0 ? n - 1 : 0);
-    cursor = n > 0 ? (long long)json_integer_value(json_object_get(last, "seq")) : after;
-    more = n == (size_t)limit && cursor < last_seq;
-    snprintf(a, sizeof a, "%lld", cursor);
-    body = json_pack("{s:o, s:s, s:b}", "changes", changes, "cursor", a, "more", more);
-    if (body != NULL && !more &&
-        json_object_set_new(body, "watermarks", json_loads(wm, 0, NULL)) != 0) {
+    read_clear(&f->last);
+    f->last.last_seq = rd->last_seq;
+    f->last.pruned = rd->pruned;
+    f->last.wm_text = t;
+    f->last.wm = json_incref(rd->wm);
+    f->fresh = listening(f);
+}
+
+/* ---- answering --------------------------------------------------------------- */
+
+typedef enum {
+    ANS_GONE,      /* 410: the cursor is outside the feed */
+    ANS_SHORT,     /* the read stopped before this waiter's rows: read again */
+    ANS_NONE,      /* no row after the cursor */
+    ANS_ROWS
+} answer_kind;
+
+typedef struct answer {
+    answer_kind kind;
+    size_t start, count;   /* rd->rows[start .. start + count) */
+    int more;
+} answer;
+
+/* What a request (after, limit) gets from rd: exactly what a read of its
+ * own would have given. */
+static answer answer_for(const feed_read *rd, long long after, int limit)
+{
+    answer a = { ANS_NONE, 0, 0, 0 };
+    size_t lo = 0, hi = rd->n, avail;
+    long long cursor;
+
+    if (after < rd->pruned || after > rd->last_seq) {
+        a.kind = ANS_GONE;
+        return a;
+    }
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (rd->seq[mid] <= after)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    avail = rd->n - lo;
+    if (rd->cut && avail < (size_t)limit) {
+        a.kind = ANS_SHORT;
+        return a;
+    }
+    a.start = lo;
+    a.count = avail < (size_t)limit ? avail : (size_t)limit;
+    cursor = a.count > 0 ? rd->seq[lo + a.count - 1] : after;
+    a.more = a.count == (size_t)limit && cursor < rd->last_seq;
+    a.kind = a.count > 0 ? ANS_ROWS : ANS_NONE;
+    return a;
+}
+
+/* The 200 body of answer a (ANS_ROWS or ANS_NONE) as compact JSON text
+ * (malloc'd); NULL when out of memory. */
+static char *body_text(const feed_read *rd, long long after, const answer *a)
+{
+    json_t *changes = json_array(), *body;
+    char cur[24];
+    char *text;
+    size_t i;
+
+    if (changes == NULL)
+        return NULL;
+    for (i = 0; i < a->count; i++) {
+        if (json_array_append(changes, json_array_get(rd->rows, a->start + i)) != 0) {
+            json_decref(changes);
+            return NULL;
+        }
+    }
+    snprintf(cur, sizeof cur, "%lld", a->count > 0 ? rd->seq[a->start + a->count - 1] : after);
+    body = json_pack("{s:o, s:s, s:b}", "changes", changes, "cursor", cur, "more", a->more);
+    /* Watermarks hold only for a reader that has every change up to the
+     * snapshot, so not when the limit cut the answer. */
+    if (body != NULL && !a->more && json_object_set(body, "watermarks", rd->wm) != 0) {
         json_decref(body);
         body = NULL;
     }
-    PQclear(res);
-    azc_http_reply_json(r, 200, body);
-    return SERVE_ANSWERED;
+    text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    return text;
 }
 
-/* ---- waiters -------------------------------------------------------------- */
+static void send_text(az_feed *f, azc_http_req *r, const char *text)
+{
+    if (text == NULL || evbuffer_add(f->out, text, strlen(text)) != 0) {
+        azc_http_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    azc_http_reply_raw(r, 200, "application/json", f->out);
+    /* A refused reply leaves the bytes here. */
+    (void)evbuffer_drain(f->out, evbuffer_get_length(f->out));
+}
+
+static void send_gone(azc_http_req *r, const feed_read *rd, long long after)
+{
+    azc_http_reply_error(r, 410, "cursor_expired",
+                         "cursor %lld is outside the feed (%lld to %lld): reload the snapshot",
+                         after, rd->pruned, rd->last_seq);
+}
+
+/* Answers r with what rd holds for it (never ANS_SHORT: rd was read from
+ * its own cursor and limit, or is the worker's last read at its cursor). */
+static void send_answer(az_feed *f, azc_http_req *r, const feed_read *rd, long long after,
+                        const answer *a)
+{
+    char *text;
+
+    if (a->kind == ANS_GONE) {
+        send_gone(r, rd, after);
+        return;
+    }
+    text = body_text(rd, after, a);
+    send_text(f, r, text);
+    free(text);
+}
+
+/* Answers a failed read: 503 when the connection is down (and starts
+ * reconnecting it), 500 otherwise. */
+static void send_read_error(az_feed *f, azc_http_req *r, int rc, const azc_err *e)
+{
+    if (rc == MALFORMED)
+        azc_http_reply_error(r, 500, "internal", "%s", e->msg);
+    else
+        az_reply_db_error(f->w, r, e);
+}
+
+/* ---- waiters ----------------------------------------------------------------- */
+
+static void count_waiters(az_feed *f)
+{
+    if (azc_metric_set(f->m_waiters, (const char *const[]){ f->worker_label, NULL },
+                       (double)f->nwaiters) != AZC_OK)
+        azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: a metric update failed");
+}
 
 static void waiter_unlink_free(waiter *wt)
 {
@@ -152,6 +386,9 @@ static void waiter_unlink_free(waiter *wt)
         f->head = wt->next;
     if (wt->next != NULL)
         wt->next->prev = wt->prev;
+    f->nwaiters--;
+    if (wt->want_watermarks)
+        f->nwant_wm--;
     event_free(wt->timer);
     free(wt->watermarks_seen);
     free(wt);
@@ -159,36 +396,212 @@ static void waiter_unlink_free(waiter *wt)
 
 static void on_client_gone(azc_http_req *r, void *arg)
 {
+    az_feed *f = ((waiter *)arg)->f;
+
     (void)r;
     waiter_unlink_free(arg);
+    count_waiters(f);
+}
+
+/* Answers r now with what there is: from the worker's last read when that
+ * is current and r is at its head, else from a read of its own. */
+static void answer_now(az_feed *f, azc_http_req *r, long long after, int limit)
+{
+    feed_read rd;
+    answer a;
+    azc_err e;
+    int rc;
+
+    if (f->fresh && after == f->last.last_seq) {
+        a = answer_for(&f->last, after, limit);
+        send_answer(f, r, &f->last, after, &a);
+        return;
+    }
+    if ((rc = read_feed(f, after, limit, "request", &rd, &e)) != AZC_OK) {
+        send_read_error(f, r, rc, &e);
+        return;
+    }
+    remember(f, &rd);
+    a = answer_for(&rd, after, limit);
+    send_answer(f, r, &rd, after, &a);
+    read_clear(&rd);
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     waiter *wt = arg;
+    az_feed *f = wt->f;
     azc_http_req *r = wt->r;
-    az_worker *w = wt->f->w;
     long long after = wt->after;
     int limit = wt->limit;
 
     (void)fd;
     (void)what;
     waiter_unlink_free(wt);
-    (void)serve(w, r, after, limit, 0, NULL, NULL);
+    count_waiters(f);
+    answer_now(f, r, after, limit);
 }
 
-/* Something committed (or the LISTEN connection came back): every waiter
- * looks again. */
+static int by_cursor(const void *a, const void *b)
+{
+    const waiter *x = *(waiter *const *)a, *y = *(waiter *const *)b;
+
+    if (x->after != y->after)
+        return x->after < y->after ? -1 : 1;
+    return (x->limit > y->limit) - (x->limit < y->limit);
+}
+
+/* Answers every waiter of list[0..n) (sorted by cursor) that rd has
+ * something for; moves those it stopped short of to the front and returns
+ * how many. Waiters that get the same answer share one serialised body. */
+static size_t answer_from(az_feed *f, const feed_read *rd, waiter **list, size_t n)
+{
+    char *text = NULL;
+    long long text_after = -1;
+    answer text_ans = { ANS_NONE, 0, 0, 0 };
+    size_t i, keep = 0;
+
+    for (i = 0; i < n; i++) {
+        waiter *wt = list[i];
+        azc_http_req *r = wt->r;
+        long long after = wt->after;
+        answer a = answer_for(rd, after, wt->limit);
+
+        if (a.kind == ANS_SHORT) {
+            list[keep++] = wt;
+            continue;
+        }
+        if (a.kind == ANS_NONE &&
+            (!wt->want_watermarks || strcmp(wt->watermarks_seen, rd->wm_text) == 0))
+            continue;
+        waiter_unlink_free(wt);
+        if (a.kind == ANS_GONE) {
+            send_gone(r, rd, after);
+            continue;
+        }
+        if (text == NULL || after != text_after || a.count != text_ans.count ||
+            a.more != text_ans.more) {
+            free(text);
+            text = body_text(rd, after, &a);
+            text_after = after;
+            text_ans = a;
+        }
+        send_text(f, r, text);
+    }
+    free(text);
+    return keep;
+}
+
+/* Fails every waiter of list[0..n): the read they were woken for failed.
+ * Each gets what a request of its own would (503 with Retry-After while
+ * the store is away), so followers retry instead of waiting out their
+ * deadlines for a wake-up that was lost. */
+static void fail_all(az_feed *f, waiter **list, size_t n, int rc, const azc_err *e)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        azc_http_req *r = list[i]->r;
+
+        waiter_unlink_free(list[i]);
+        send_read_error(f, r, rc, e);
+    }
+}
+
+/* Notifications were consumed. `changes`: a commit may have added rows
+ * (else only watermarks moved). One read from the smallest cursor serves
+ * every waiter; further reads only for waiters that read stopped short of.
+ * When no waiter can be answered by what was announced, nothing is read
+ * and the last read is no longer current. */
+static void wake(az_feed *f, int changes)
+{
+    waiter *wt;
+    size_t n = 0, i;
+    int limit;
+
+    f->fresh = 0;
+    if (f->nwaiters == 0 || (!changes && f->nwant_wm == 0))
+        return;
+    metric_inc(f, f->m_wakeups, changes ? "changes" : "watermarks");
+    if (f->cap < f->nwaiters) {
+        waiter **s = realloc(f->sorted, f->nwaiters * sizeof *s);
+
+        if (s == NULL) {
+            /* They stay waiting and are answered at their deadlines. */
+            azc_logf(f->w->sh->log, AZC_LOG_ERROR, "feed: out of memory waking waiters");
+            return;
+        }
+        f->sorted = s;
+        f->cap = f->nwaiters;
+    }
+    for (wt = f->head; wt != NULL; wt = wt->next)
+        f->sorted[n++] = wt;
+    qsort(f->sorted, n, sizeof *f->sorted, by_cursor);
+    while (n > 0) {
+        feed_read rd;
+        azc_err e;
+        int rc;
+
+        for (limit = 1, i = 0; i < n; i++)
+            if (f->sorted[i]->limit > limit)
+                limit = f->sorted[i]->limit;
+        if ((rc = read_feed(f, f->sorted[0]->after, limit, "wakeup", &rd, &e)) != AZC_OK) {
+            fail_all(f, f->sorted, n, rc, &e);
+            break;
+        }
+        remember(f, &rd);
+        n = answer_from(f, &rd, f->sorted, n);
+        read_clear(&rd);
+    }
+    count_waiters(f);
+}
+
+/* Something committed, or the LISTEN connection was lost or came back
+ * (notifications may be lost meanwhile): every waiter looks again. */
 static void wake_all(az_feed *f)
 {
-    waiter *wt = f->head, *next;
+    wake(f, 1);
+}
 
-    for (; wt != NULL; wt = next) {
-        next = wt->next;
-        if (serve(f->w, wt->r, wt->after, wt->limit, 1,
-                  wt->want_watermarks ? wt->watermarks_seen : NULL, NULL) == SERVE_ANSWERED)
-            waiter_unlink_free(wt);
+/* Makes r wait; wm_seen (stolen) is the watermark text it was answered
+ * against. On failure r is answered now. */
+static void start_waiting(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm,
+                          char *wm_seen, long long wait)
+{
+    waiter *wt = calloc(1, sizeof *wt);
+    struct timeval tv;
+
+    if (wm_seen == NULL || wt == NULL ||
+        (wt->timer = evtimer_new(f->w->base, on_deadline, wt)) == NULL) {
+        free(wt);
+        free(wm_seen);
+        azc_http_reply_error(r, 500, "internal", "out of memory");
+        return;
     }
+    wt->f = f;
+    wt->r = r;
+    wt->after = after;
+    wt->limit = limit;
+    wt->want_watermarks = want_wm;
+    wt->watermarks_seen = wm_seen;
+    tv.tv_sec = wait / 1000;
+    tv.tv_usec = (wait % 1000) * 1000;
+    /* The timer first: once deferred, r's close callback owns wt. */
+    if (evtimer_add(wt->timer, &tv) != 0 || azc_http_req_defer(r, on_client_gone, wt) != AZC_OK) {
+        event_free(wt->timer);
+        free(wm_seen);
+        free(wt);
+        answer_now(f, r, after, limit);
+        return;
+    }
+    wt->next = f->head;
+    if (f->head != NULL)
+        f->head->prev = wt;
+    f->head = wt;
+    f->nwaiters++;
+    if (want_wm)
+        f->nwant_wm++;
+    count_waiters(f);
 }
 
 void az_changes_handler(azc_http_req *r, void *arg)
@@ -197,9 +610,10 @@ void az_changes_handler(azc_http_req *r, void *arg)
     az_feed *f = w->feed;
     const char *wmq = azc_http_req_query(r, "watermarks");
     long long after, wait = 0, limit = DEFAULT_LIMIT;
-    char *wm = NULL;
-    waiter *wt;
-    struct timeval tv;
+    int want_wm, rc;
+    feed_read rd;
+    answer a;
+    azc_err e;
 
     if (parse_ll(azc_http_req_query(r, "after"), 0, LLONG_MAX, &after) != 0) {
         azc_http_reply_error(r, 400, "invalid_request",
@@ -220,67 +634,46 @@ void az_changes_handler(azc_http_req *r, void *arg)
         azc_http_reply_error(r, 400, "invalid_request", "watermarks must be 0 or 1");
         return;
     }
-    if (serve(w, r, after, (int)limit, wait > 0, NULL, &wm) == SERVE_ANSWERED)
-        return;
-    wt = calloc(1, sizeof *wt);
-    if (wt == NULL || (wt->timer = evtimer_new(w->base, on_deadline, wt)) == NULL) {
-        free(wt);
-        free(wm);
-        azc_http_reply_error(r, 500, "internal", "out of memory");
+    want_wm = wmq != NULL && strcmp(wmq, "1") == 0;
+    /* At the head of a current last read there is nothing to read: the
+     * next commit's notification is still to come and will wake it. */
+    if (wait > 0 && f->fresh && after == f->last.last_seq) {
+        start_waiting(f, r, after, (int)limit, want_wm, strdup(f->last.wm_text), wait);
         return;
     }
-    wt->f = f;
-    wt->r = r;
-    wt->after = after;
-    wt->limit = (int)limit;
-    wt->want_watermarks = wmq != NULL && strcmp(wmq, "1") == 0;
-    wt->watermarks_seen = wm;
-    if (azc_http_req_defer(r, on_client_gone, wt) != AZC_OK) {
-        event_free(wt->timer);
-        free(wt->watermarks_seen);
-        free(wt);
-        (void)serve(w, r, after, (int)limit, 0, NULL, NULL);
+    if ((rc = read_feed(f, after, (int)limit, "request", &rd, &e)) != AZC_OK) {
+        send_read_error(f, r, rc, &e);
         return;
     }
-    wt->next = f->head;
-    if (f->head != NULL)
-        f->head->prev = wt;
-    f->head = wt;
-    tv.tv_sec = wait / 1000;
-    tv.tv_usec = (wait % 1000) * 1000;
-    evtimer_add(wt->timer, &tv);
+    remember(f, &rd);
+    a = answer_for(&rd, after, (int)limit);
+    if (a.kind == ANS_NONE && wait > 0) {
+        char *seen = rd.wm_text;
+
+        rd.wm_text = NULL;
+        read_clear(&rd);
+        start_waiting(f, r, after, (int)limit, want_wm, seen, wait);
+        return;
+    }
+    send_answer(f, r, &rd, after, &a);
+    read_clear(&rd);
 }
 
 /* ---- the LISTEN connection -------------------------------------------------- */
 
-static void listen_connect(az_feed *f);
-
-static void on_retry(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    listen_connect(arg);
-}
-
+/* The link closes the connection (on_listen_state unwatches it first) and
+ * reconnects without blocking the loop. */
 static void listen_lost(az_feed *f, const char *why)
 {
-    struct timeval tv = { 1, 0 };
-
     azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: LISTEN connection lost (%s); reconnecting", why);
-    if (f->listen_ev != NULL) {
-        event_free(f->listen_ev);
-        f->listen_ev = NULL;
-    }
-    PQfinish(f->listen);
-    f->listen = NULL;
-    evtimer_add(f->retry_ev, &tv);
+    azc_pg_link_lost(f->link);
 }
 
 static void on_listen_readable(evutil_socket_t fd, short what, void *arg)
 {
     az_feed *f = arg;
     PGnotify *n;
-    int any = 0;
+    int any = 0, changes = 0;
 
     (void)fd;
     (void)what;
@@ -291,22 +684,34 @@ static void on_listen_readable(evutil_socket_t fd, short what, void *arg)
     }
     while ((n = PQnotifies(f->listen)) != NULL) {
         any = 1;
+        /* Anything but a watermark notification may mean new rows. */
+        if (strcmp(n->relname, CHANNEL_WATERMARKS) != 0)
+            changes = 1;
         PQfreemem(n);
     }
     if (any)
-        wake_all(f);
+        wake(f, changes);
 }
 
-/* (Re)connects; on failure tries again in a second. A reconnect wakes
- * every waiter: notifications sent meanwhile are lost. */
-static void listen_connect(az_feed *f)
+/* Each connection the link makes LISTENs and is watched here; going down,
+ * the watch goes first. A (re)connect wakes every waiter: notifications
+ * sent meanwhile are lost. */
+static void on_listen_state(azc_pg_link *l, int up, void *arg)
 {
+    az_feed *f = arg;
     azc_err e;
 
+    if (!up) {
+        if (f->listen_ev != NULL) {
+            event_free(f->listen_ev);
+            f->listen_ev = NULL;
+        }
+        f->listen = NULL;
+        return;
+    }
+    f->listen = azc_pg_link_conn(l);
     azc_err_set(&e, AZC_ERROR, "cannot make the connection non-blocking");
-    if (azc_pg_connect(f->w->sh->set.pg_url, "authz-feed", 500, f->w->sh->log, &f->listen, &e) !=
-            AZC_OK ||
-        azc_pg_exec_script(f->listen, SQL_LISTEN, &e) != AZC_OK ||
+    if (azc_pg_exec_script(f->listen, SQL_LISTEN, &e) != AZC_OK ||
         PQsetnonblocking(f->listen, 1) != 0) {
         listen_lost(f, e.msg);
         return;
@@ -323,24 +728,42 @@ static void listen_connect(az_feed *f)
 az_feed *az_feed_new(az_worker *w, azc_err *e)
 {
     az_feed *f = calloc(1, sizeof *f);
+    azc_pg_link_options o;
 
-    if (f == NULL || (f->retry_ev = evtimer_new(w->base, on_retry, f)) == NULL) {
-        free(f);
+    if (f == NULL) {
         azc_err_set(e, AZC_ENOMEM, "out of memory");
         return NULL;
     }
     f->w = w;
-    if (azc_pg_connect(w->sh->set.pg_url, "authz-feed", 30000, w->sh->log, &f->listen, e) !=
-            AZC_OK ||
-        azc_pg_exec_script(f->listen, SQL_LISTEN, e) != AZC_OK ||
-        PQsetnonblocking(f->listen, 1) != 0) {
+    snprintf(f->worker_label, sizeof f->worker_label, "%d", w->index);
+    /* Every worker registers the same families: the registry hands back
+     * the existing one. */
+    f->m_reads = azc_metrics_counter(w->sh->metrics, "authz_feed_reads_total",
+                                     "Change-feed reads, for a request or for a wake-up of "
+                                     "waiting long polls.",
+                                     (const char *const[]){ "for", NULL });
+    f->m_wakeups = azc_metrics_counter(w->sh->metrics, "authz_feed_wakeups_total",
+                                       "Notifications that woke waiting long polls, by channel.",
+                                       (const char *const[]){ "channel", NULL });
+    f->m_waiters = azc_metrics_gauge(w->sh->metrics, "authz_feed_waiters",
+                                     "Long polls waiting on the change feed, per HTTP worker.",
+                                     (const char *const[]){ "worker", NULL });
+    f->out = evbuffer_new();
+    if (f->m_reads == NULL || f->m_wakeups == NULL || f->m_waiters == NULL || f->out == NULL) {
+        azc_err_set(e, AZC_ERROR, "cannot set up the change feed's metrics and buffers");
         az_feed_free(f);
         return NULL;
     }
-    f->listen_ev = event_new(w->base, PQsocket(f->listen), EV_READ | EV_PERSIST,
-                             on_listen_readable, f);
-    if (f->listen_ev == NULL || event_add(f->listen_ev, NULL) != 0) {
-        azc_err_set(e, AZC_ERROR, "cannot watch the LISTEN connection");
+    count_waiters(f);
+    /* Connects from the loop, without blocking it; until it is up,
+     * waiters are answered at their deadlines. */
+    memset(&o, 0, sizeof o);
+    o.application_name = "authz-feed";
+    o.statement_timeout_ms = AZ_STATEMENT_TIMEOUT_MS;
+    o.self_watched = 1;
+    o.on_state = on_listen_state;
+    o.arg = f;
+    if ((f->link = azc_pg_link_new(w->base, w->sh->set.pg_url, &o, w->sh->log, e)) == NULL) {
         az_feed_free(f);
         return NULL;
     }
@@ -355,8 +778,10 @@ void az_feed_free(az_feed *f)
         waiter_unlink_free(f->head);
     if (f->listen_ev != NULL)
         event_free(f->listen_ev);
-    if (f->retry_ev != NULL)
-        event_free(f->retry_ev);
-    PQfinish(f->listen);
+    azc_pg_link_free(f->link);
+    if (f->out != NULL)
+        evbuffer_free(f->out);
+    read_clear(&f->last);
+    free(f->sorted);
     free(f);
 }

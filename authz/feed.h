@@ -7,11 +7,14 @@
 #ifndef AZ_FEED_H
 #define AZ_FEED_H
 
-#include "authz/api.h"
+#include "authz/worker.h"
 
 /* New feed for worker w (borrowed): connects its LISTEN connection and
  * watches it on w->base. NULL with e filled on failure. */
 az_feed *az_feed_new(az_worker *w, azc_err *e);
+
+/* GET /v1/policy/changes; arg is the az_worker. */
+void az_changes_handler(azc_http_req *r, void *arg);
 
 /* Frees the feed. Waiting requests must already be gone (azc_http_free
  * closes them first). NULL is a no-op. */

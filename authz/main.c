@@ -16,8 +16,10 @@
 #include <event2/event.h>
 
 #include "authz/api.h"
+#include "authz/tick.h"
 #include "authz/consumer.h"
 #include "authz/feed.h"
+#include "authz/status.h"
 #include "common/cli.h"
 #include "common/config.h"
 #include "common/migrate.h"
@@ -34,8 +36,12 @@ static const azc_config_key KNOWN[] = {
     { "http", "workers" },        { "pg", "url" },
     { "pg", "migrations_dir" },   { "kafka", "bootstrap" },
     { "kafka", "topic" },         { "consumer", "batch" },
-    { "check", "transient_lag_ms" }, { "feed", "retain" },
-    { "feed", "prune_interval_ms" }, { "log", "level" },
+    { "consumer", "applied_ids_retain" }, { "consumer", "stall_ms" },
+    { "check", "transient_lag_ms" }, { "check", "heartbeat_ms" },
+    { "check", "silence_heartbeats" }, { "check", "clock_tolerance_ms" },
+    { "feed", "retain" },
+    { "feed", "prune_interval_ms" }, { "feed", "prune_batch" },
+    { "snapshot", "max_concurrent" }, { "log", "level" },
 };
 
 typedef struct app {
@@ -48,13 +54,6 @@ typedef struct app {
     az_consumer *consumer;
     int bound_port;
 } app;
-
-void az_status_get(az_shared *sh, az_consumer_status *out)
-{
-    pthread_mutex_lock(&sh->status_lock);
-    *out = sh->status;
-    pthread_mutex_unlock(&sh->status_lock);
-}
 
 static int load_settings(app *a, azc_err *e)
 {
@@ -81,12 +80,26 @@ static int load_settings(app *a, azc_err *e)
         (rc = azc_config_get_int(a->cfg, "http", "workers", 2, 1, MAX_WORKERS, &workers, e)) !=
             AZC_OK ||
         (rc = azc_config_get_int(a->cfg, "consumer", "batch", 500, 1, 10000, &batch, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "consumer", "applied_ids_retain", 1000000, 1,
+                                 1000000000LL, &s->applied_ids_retain, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "consumer", "stall_ms", 5000, 100, 3600 * 1000,
+                                 &s->stall_ms, e)) != AZC_OK ||
         (rc = azc_config_get_int(a->cfg, "check", "transient_lag_ms", 0, 0, 3600 * 1000,
                                  &s->transient_lag_ms, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "check", "heartbeat_ms", 200, 10, 60000,
+                                 &s->heartbeat_ms, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "check", "silence_heartbeats", 5, 1, 1000,
+                                 &s->silence_heartbeats, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "check", "clock_tolerance_ms", 1000, 0, 3600 * 1000,
+                                 &s->clock_tolerance_ms, e)) != AZC_OK ||
         (rc = azc_config_get_int(a->cfg, "feed", "retain", 1000000, 10, 1000000000LL,
                                  &s->feed_retain, e)) != AZC_OK ||
         (rc = azc_config_get_int(a->cfg, "feed", "prune_interval_ms", 10000, 100, 86400 * 1000,
-                                 &s->prune_interval_ms, e)) != AZC_OK)
+                                 &s->prune_interval_ms, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "feed", "prune_batch", 10000, 1, 1000000,
+                                 &s->prune_batch, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "snapshot", "max_concurrent", 4, 1, 1000,
+                                 &s->snapshot_max, e)) != AZC_OK)
         return rc;
     azc_log_set_level(a->sh.log, lvl);
     s->http_port = (int)port;
@@ -103,35 +116,33 @@ static int load_settings(app *a, azc_err *e)
     return AZC_OK;
 }
 
-static int worker_ready(void *arg, azc_err *why)
+/* Keeps w->pg the link's connection while it is up, NULL while down. */
+static void on_db_state(azc_pg_link *l, int up, void *arg)
 {
     az_worker *w = arg;
-    az_consumer_status cs;
 
-    if (PQstatus(w->pg) != CONNECTION_OK)
-        return azc_err_set(why, AZC_EUNAVAIL, "database connection is down");
-    az_status_get(w->sh, &cs);
-    if (cs.state == AZ_CONSUMER_STOPPED)
-        return azc_err_set(why, AZC_EUNAVAIL, "consumer stopped: %s", cs.error);
-    if (cs.state != AZ_CONSUMER_RUNNING)
-        return azc_err_set(why, AZC_EUNAVAIL, "consumer starting");
-    return AZC_OK;
+    w->pg = up ? azc_pg_link_conn(l) : NULL;
 }
 
 static int worker_init(app *a, az_worker *w, int index, azc_err *e)
 {
     azc_http_options opts;
+    azc_pg_link_options link_opts;
     int rc;
 
     memset(&opts, 0, sizeof opts);
+    memset(&link_opts, 0, sizeof link_opts);
     w->sh = &a->sh;
     w->index = index;
     w->base = event_base_new();
     if (w->base == NULL)
         return azc_err_set(e, AZC_ERROR, "cannot create an event loop");
-    if ((rc = azc_pg_connect(a->sh.set.pg_url, "authz-server", 30000, a->sh.log, &w->pg, e)) !=
-        AZC_OK)
-        return rc;
+    link_opts.application_name = "authz-server";
+    link_opts.statement_timeout_ms = AZ_STATEMENT_TIMEOUT_MS;
+    link_opts.on_state = on_db_state;
+    link_opts.arg = w;
+    if ((w->db = azc_pg_link_new(w->base, a->sh.set.pg_url, &link_opts, a->sh.log, e)) == NULL)
+        return AZC_ERROR;
     if ((w->feed = az_feed_new(w, e)) == NULL)
         return AZC_ERROR;
     opts.service = "authz";
@@ -141,7 +152,7 @@ static int worker_init(app *a, az_worker *w, int index, azc_err *e)
         return AZC_ERROR;
     if ((rc = az_api_register(w, e)) != AZC_OK)
         return rc;
-    azc_http_set_ready_cb(w->http, worker_ready, w);
+    azc_http_set_ready_cb(w->http, az_worker_ready, w);
     if (index == 0) {
         struct timeval tv = { 1, 0 };
 
@@ -167,7 +178,7 @@ static void worker_free(az_worker *w)
     az_feed_free(w->feed);
     if (w->tick != NULL)
         event_free(w->tick);
-    PQfinish(w->pg);
+    azc_pg_link_free(w->db);
     if (w->base != NULL)
         event_base_free(w->base);
     memset(w, 0, sizeof *w);
@@ -200,12 +211,31 @@ static int register_metrics(az_shared *sh, azc_err *e)
                                   "Known minus applied HLC of each origin, in seconds.",
                                   (const char *const[]){ "origin", NULL });
     sh->m_stopped = azc_metrics_gauge(m, "authz_consumer_stopped",
-                                      "1 while the consumer is stopped (a gap).", NULL);
+                                      "1 while the consumer is stopped (a gap, a divergence, "
+                                      "a failed resync, a dead letter it cannot store, a fatal "
+                                      "Kafka error).", NULL);
+    sh->m_stalled = azc_metrics_gauge(m, "authz_consumer_stalled",
+                                      "1 while the running consumer makes no progress (batches "
+                                      "rolling back, or no message) for over consumer.stall_ms.",
+                                      NULL);
+    sh->m_rollbacks = azc_metrics_counter(m, "authz_consumer_rollbacks_total",
+                                          "Consumer transactions rolled back on a database error.",
+                                          NULL);
+    sh->m_divergences = azc_metrics_counter(m, "authz_consumer_divergences_total",
+                                            "Divergences from the origin's history detected.",
+                                            NULL);
+    sh->m_resyncs = azc_metrics_counter(m, "authz_resyncs_applied_total",
+                                        "Resyncs of the origin's state applied.", NULL);
     sh->m_checks = azc_metrics_counter(m, "authz_checks_total", "Checks answered, by decision.",
                                        (const char *const[]){ "decision", NULL });
+    sh->m_silence = azc_metrics_gauge(m, "authz_origin_silence_seconds",
+                                      "Time since this region last heard from each origin (a "
+                                      "heartbeat or an event).",
+                                      (const char *const[]){ "origin", NULL });
     if (sh->m_applied == NULL || sh->m_duplicates == NULL || sh->m_dead == NULL ||
         sh->m_batch == NULL || sh->m_age == NULL || sh->m_lag == NULL || sh->m_stopped == NULL ||
-        sh->m_checks == NULL)
+        sh->m_checks == NULL || sh->m_silence == NULL || sh->m_stalled == NULL ||
+        sh->m_rollbacks == NULL || sh->m_divergences == NULL || sh->m_resyncs == NULL)
         return azc_err_set(e, AZC_ERROR, "cannot register the metrics");
     return AZC_OK;
 }
@@ -270,6 +300,7 @@ int main(int argc, char **argv)
         return 1;
     }
     a.sh.status.next_offset = -1;
+    atomic_init(&a.sh.snapshots, 0);
     azc_err_clear(&e);
     rc = register_metrics(&a.sh, &e);
     if (rc == AZC_OK)
@@ -282,6 +313,7 @@ int main(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    azc_service_raise_nofile(a.sh.log);
     rc = run(&a, &set, &e);
     if (rc != AZC_OK) {
         azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);

@@ -8,6 +8,7 @@
 #define AZ_SERVICE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "common/log.h"
@@ -28,14 +29,26 @@ typedef struct az_settings {
     int workers;
     int batch;                  /* most messages per consumer transaction */
     long long transient_lag_ms; /* lag above which a deny is transient */
+    long long heartbeat_ms;     /* the origins' heartbeat interval */
+    long long silence_heartbeats; /* unheard for more intervals: the origin lags */
+    long long clock_tolerance_ms; /* revision HLCs further ahead are impossible */
     long long feed_retain;      /* change-feed rows kept */
     long long prune_interval_ms;
+    long long prune_batch;      /* most feed rows one prune removes */
+    long long snapshot_max;     /* concurrent snapshot streams */
+    long long applied_ids_retain; /* applied event ids kept per origin */
+    long long stall_ms;         /* no progress for longer: not ready */
 } az_settings;
 
 typedef enum az_consumer_state {
     AZ_CONSUMER_STARTING = 0,
     AZ_CONSUMER_RUNNING,
-    AZ_CONSUMER_STOPPED   /* a gap, or a fatal Kafka error: see error */
+    /* A gap, a divergence, a failed resync, a dead letter that cannot be
+     * stored or a fatal Kafka error: see error. */
+    AZ_CONSUMER_STOPPED,
+    /* Never stored: derived by az_consumer_status_get from a running
+     * consumer that makes no progress (see stall_reason). */
+    AZ_CONSUMER_STALLED
 } az_consumer_state;
 
 /* What /v1/status and /readyz show of the consumer. */
@@ -44,8 +57,30 @@ typedef struct az_consumer_status {
     char error[256];
     int64_t next_offset;        /* -1 before the first stored position */
     uint64_t applied_seq;
+    uint64_t epoch;             /* the origin's current epoch */
     uint64_t events_applied;    /* since start */
     uint64_t duplicates;        /* since start */
+
+    /* A different event (or a heartbeat that contradicts the applied
+     * history) at an applied seq; ids are "" when unknown. */
+    int diverged;
+    uint64_t div_seq;
+    char div_applied_id[40], div_received_id[40];
+    int64_t div_offset;
+
+    /* A resync being staged (resync_epoch 0: none). */
+    uint64_t resync_epoch;
+    uint64_t resync_staged;
+
+    /* Progress, in CLOCK_MONOTONIC milliseconds (0: never). */
+    int64_t last_message_ms;    /* any message, heartbeats included */
+    int64_t rollback_since_ms;  /* first of the batches rolling back now */
+    char rollback_error[256];
+    char kafka_error[160];      /* the last error librdkafka reported */
+
+    /* Derived by az_consumer_status_get. */
+    int64_t last_message_age_ms; /* -1 before the first message */
+    char stall_reason[320];
 } az_consumer_status;
 
 typedef struct az_shared {
@@ -63,10 +98,14 @@ typedef struct az_shared {
     azc_metric *m_age;          /* authz_event_age_seconds */
     azc_metric *m_lag;          /* authz_lag_seconds{origin} */
     azc_metric *m_stopped;      /* authz_consumer_stopped */
+    azc_metric *m_stalled;      /* authz_consumer_stalled */
+    azc_metric *m_rollbacks;    /* authz_consumer_rollbacks_total */
+    azc_metric *m_divergences;  /* authz_consumer_divergences_total */
+    azc_metric *m_resyncs;      /* authz_resyncs_applied_total */
     azc_metric *m_checks;       /* authz_checks_total{decision} */
-} az_shared;
 
-/* Copies the consumer status out under its lock. */
-void az_status_get(az_shared *sh, az_consumer_status *out);
+    atomic_int snapshots;       /* snapshot streams open, all workers */
+    azc_metric *m_silence;      /* authz_origin_silence_seconds{origin} */
+} az_shared;
 
 #endif

@@ -2,21 +2,24 @@
  * GET /v1/policy/snapshot: the live policy set, streamed.
  *
  * The set is read in one REPEATABLE READ transaction on a connection of
- * its own (the worker's stays free for checks), with the feed cursor and
- * watermarks of the same snapshot, through server-side cursors a page at a
- * time: the next page is fetched only when the client has taken the
+ * its own (the worker's stays free for checks; it is opened without
+ * blocking the loop, and at most snapshot.max_concurrent are open at a
+ * time: 503 with Retry-After beyond), with the feed cursor and watermarks
+ * of the same snapshot, through server-side cursors a page at a time: the
+ * next page is fetched only when the client has taken the
  * previous one, so a large set or a slow client never makes the server
  * hold the whole answer. Rows are the JSON PostgreSQL makes of them
  * (to_jsonb), the same shape the change feed carries; only the framing
  * between them is written here.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <event2/buffer.h>
 
-#include "authz/api.h"
+#include "authz/snapshot.h"
 #include "common/pg.h"
 
 static const char SQL_BEGIN[] = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
@@ -47,14 +50,18 @@ static const struct {
 typedef struct snap {
     az_worker *w;
     azc_http_req *r;
-    PGconn *pg;
+    azc_pg_link *db;   /* this snapshot's own connection */
+    int started;       /* up, past on_db_state: later losses are seen by
+                          the query that meets them */
     size_t table;      /* the one being sent; NTABLES when done */
     int rows_sent;     /* in this table, for the commas */
 } snap;
 
+/* Also gives the snapshot's place back (az_shared.snapshots). */
 static void snap_free(snap *s)
 {
-    PQfinish(s->pg);
+    azc_pg_link_free(s->db);
+    atomic_fetch_sub(&s->w->sh->snapshots, 1);
     free(s);
 }
 
@@ -75,7 +82,8 @@ static void on_drain(azc_http_req *r, void *arg)
 
     if (bad)
         goto failed;
-    if (azc_pg_query(s->pg, TABLES[s->table].fetch, 0, NULL, &res, &e) != AZC_OK) {
+    if (azc_pg_query(azc_pg_link_conn(s->db), TABLES[s->table].fetch, 0, NULL, &res, &e) !=
+        AZC_OK) {
         azc_log_reqf(s->w->sh->log, AZC_LOG_ERROR, azc_http_req_id(r), "snapshot: %s", e.msg);
         goto failed;
     }
@@ -112,30 +120,26 @@ failed:
     snap_free(s);
 }
 
-void az_snapshot_handler(azc_http_req *r, void *arg)
+/* The connection is up: open the snapshot and send its head. */
+static void start(snap *s)
 {
-    az_worker *w = arg;
-    snap *s = calloc(1, sizeof *s);
+    azc_http_req *r = s->r;
+    az_worker *w = s->w;
+    PGconn *pg = azc_pg_link_conn(s->db);
     struct evbuffer *b = NULL;
     PGresult *res = NULL;
     json_t *head = NULL;
     char *text = NULL;
     azc_err e;
 
-    if (s == NULL) {
-        azc_http_reply_error(r, 500, "internal", "out of memory");
-        return;
-    }
-    s->w = w;
-    s->r = r;
-    if (azc_pg_connect(w->sh->set.pg_url, "authz-snapshot", 2000, w->sh->log, &s->pg, &e) !=
-            AZC_OK ||
-        azc_pg_query(s->pg, SQL_BEGIN, 0, NULL, NULL, &e) != AZC_OK ||
-        azc_pg_query(s->pg, SQL_HEAD, 0, NULL, &res, &e) != AZC_OK ||
-        azc_pg_exec_script(s->pg, SQL_DECLARE, &e) != AZC_OK) {
+    /* From here on a failure is answered here; a link that goes down
+     * meanwhile must not answer again from on_db_state. */
+    s->started = 1;
+    if (azc_pg_query(pg, SQL_BEGIN, 0, NULL, NULL, &e) != AZC_OK ||
+        azc_pg_query(pg, SQL_HEAD, 0, NULL, &res, &e) != AZC_OK ||
+        azc_pg_exec_script(pg, SQL_DECLARE, &e) != AZC_OK) {
         PQclear(res);
-        azc_log_reqf(w->sh->log, AZC_LOG_ERROR, azc_http_req_id(r), "snapshot: %s", e.msg);
-        azc_http_reply_error(r, 503, "unavailable", "the policy store is unavailable");
+        azc_pg_reply_error(s->db, r, &e, w->sh->log);
         snap_free(s);
         return;
     }
@@ -169,4 +173,71 @@ void az_snapshot_handler(azc_http_req *r, void *arg)
         return;
     }
     evbuffer_free(b);
+}
+
+static void on_db_state(azc_pg_link *l, int up, void *arg)
+{
+    snap *s = arg;
+    azc_err e;
+
+    (void)l;
+    if (s->started)
+        return;
+    if (up) {
+        start(s);
+        return;
+    }
+    azc_err_set(&e, AZC_EUNAVAIL, "snapshot: cannot connect to the database");
+    azc_pg_reply_error(NULL, s->r, &e, s->w->sh->log);
+    snap_free(s);
+}
+
+/*
+ * Takes one of the snapshot.max_concurrent places (each holds a database
+ * connection and a transaction open for as long as its client reads) and
+ * connects without blocking the loop; the request waits, deferred, until
+ * the connection is up (start) or has failed (503).
+ */
+void az_snapshot_handler(azc_http_req *r, void *arg)
+{
+    az_worker *w = arg;
+    azc_pg_link_options o;
+    snap *s;
+    azc_err e;
+
+    if (atomic_fetch_add(&w->sh->snapshots, 1) >= w->sh->set.snapshot_max) {
+        atomic_fetch_sub(&w->sh->snapshots, 1);
+        azc_log_reqf(w->sh->log, AZC_LOG_WARN, azc_http_req_id(r),
+                     "snapshot: refused, %lld already being sent", w->sh->set.snapshot_max);
+        (void)azc_http_req_add_header(r, "Retry-After", "1");
+        azc_http_reply_error(r, 503, "unavailable",
+                             "too many snapshots are being sent (%lld); retry later",
+                             w->sh->set.snapshot_max);
+        return;
+    }
+    s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        atomic_fetch_sub(&w->sh->snapshots, 1);
+        azc_http_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    s->w = w;
+    s->r = r;
+    memset(&o, 0, sizeof o);
+    o.application_name = "authz-snapshot";
+    o.statement_timeout_ms = AZ_STATEMENT_TIMEOUT_MS;
+    o.connect_timeout_ms = 2000;
+    o.once = 1;
+    o.on_state = on_db_state;
+    o.arg = s;
+    if ((s->db = azc_pg_link_new(w->base, w->sh->set.pg_url, &o, w->sh->log, &e)) == NULL) {
+        azc_log_reqf(w->sh->log, AZC_LOG_ERROR, azc_http_req_id(r), "snapshot: %s", e.msg);
+        azc_http_reply_error(r, 500, "internal", "cannot start the snapshot");
+        snap_free(s);
+        return;
+    }
+    if (azc_http_req_defer(r, on_close, s) != AZC_OK) {
+        azc_http_reply_error(r, 500, "internal", "cannot start the snapshot");
+        snap_free(s);
+    }
 }

@@ -2,7 +2,8 @@
 #include "common/err.h"
 
 #include <stdarg.h>
-#include <stdio.h>
+
+#include "common/text.h"
 
 int azc_err_set(azc_err *e, int code, const char *fmt, ...)
 {
@@ -12,7 +13,10 @@ int azc_err_set(azc_err *e, int code, const char *fmt, ...)
         return code;
     e->code = code;
     va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    /* Messages quote input: cut on a character, never inside one, and
+     * scrub bytes that are not UTF-8, so the message always encodes as
+     * JSON (reply bodies, log lines, text columns). */
+    (void)azc_text_vfmt(e->msg, sizeof e->msg, fmt, ap);
     va_end(ap);
     return code;
 }

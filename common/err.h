@@ -33,7 +33,9 @@ typedef struct azc_err {
 } azc_err;
 
 /* Fills e (if not NULL) and returns code, so callers can write
- * `return azc_err_set(e, AZC_EINVAL, "...", ...);`. */
+ * `return azc_err_set(e, AZC_EINVAL, "...", ...);`. The message is always
+ * valid UTF-8: a long one is cut on a character boundary and bytes that are
+ * not UTF-8 become '?' (common/text.h). */
 int azc_err_set(azc_err *e, int code, const char *fmt, ...) AZC_PRINTF(3, 4);
 
 /* Clears e (if not NULL) to AZC_OK and an empty message. */

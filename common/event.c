@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/text.h"
+
 static const char *const type_names[AZC_EV__COUNT] = {
     [AZC_EV_USER_CREATED] = "user.created",
     [AZC_EV_USER_UPDATED] = "user.updated",
@@ -47,7 +49,8 @@ int azc_event_type_parse(const char *name, azc_event_type *out, azc_err *e)
             return AZC_OK;
         }
     }
-    return azc_err_set(e, AZC_EINVAL, "event: unknown type \"%.64s\"", name != NULL ? name : "");
+    return azc_err_set(e, AZC_EINVAL, "event: unknown type \"%.*s\"",
+                       (int)azc_utf8_cut(name, 64), name != NULL ? name : "");
 }
 
 void azc_event_clear(azc_event *ev)
@@ -125,7 +128,8 @@ static int decode_root(json_t *root, azc_event *ev, azc_err *e)
         for (i = 0; i < sizeof members / sizeof members[0]; i++)
             known |= strcmp(key, members[i]) == 0;
         if (!known)
-            return azc_err_set(e, AZC_EINVAL, "event: unknown member \"%.64s\"", key);
+            return azc_err_set(e, AZC_EINVAL, "event: unknown member \"%.*s\"",
+                               (int)azc_utf8_cut(key, 64), key);
     }
     if ((rc = get_uint(root, "version", &u, e)) != AZC_OK)
         return rc;

@@ -10,20 +10,39 @@
  *   azc_http_add_routes(h, routes, 2, ctx);
  *
  * One dispatcher answers everything that cuts across handlers before any
- * handler runs, always with a JSON body {"error":{"code","message"}}:
+ * handler runs, in this order, always with a JSON body
+ * {"error":{"code","message"}}:
  *
+ *   501 not_implemented       a method token evhttp does not know (TRACE is
+ *                             known; lowercase "get" is not) or CONNECT;
+ *                             the connection is closed
+ *   400 invalid_request       ambiguous framing: two Content-Length values
+ *                             that differ, Content-Length with
+ *                             Transfer-Encoding, a Transfer-Encoding other
+ *                             than "chunked", a body on HEAD or TRACE; the
+ *                             connection is closed ("Connection: close"),
+ *                             so bytes after it never run as a request
  *   400 invalid_path          bad percent-encoding, %00 or a "." / ".."
  *                             segment in the path, or a path that is not
  *                             absolute
  *   404 not_found             no route matches the path
- *   405 method_not_allowed    a route matches the path but not the method;
- *                             the Allow header lists the methods it has
+ *   405 method_not_allowed    a route matches the path but not the method
+ *                             (OPTIONS and TRACE included); the Allow
+ *                             header lists the methods it has
+ *   (auth callback)           azc_http_set_auth_cb: its 401/403 come
+ *                             before every body check below
  *   413 payload_too_large     body over the route's limit
  *   400 invalid_query         query string that is not key=value pairs
  *                             joined by '&' with valid percent-encoding
  *   415 unsupported_media_type  JSON route, Content-Type not application/json
  *   400 invalid_json          JSON route, body not a JSON value (message
  *                             gives jansson's line and column)
+ *
+ * Connections: a request (line, headers, body) must arrive within
+ * request_timeout_secs of its first byte, however slowly the bytes come
+ * (the idle timeout restarts on each one), or the connection is closed
+ * without an answer; beyond max_connections open connections a new one
+ * gets a fixed 503 JSON answer and is closed.
  *
  * Paths: a pattern is literal segments and {name} parameters; a parameter
  * matches exactly one non-empty segment. Each segment is percent-decoded
@@ -39,14 +58,13 @@
  * What evhttp answers by itself, before the dispatcher sees a request,
  * keeps evhttp's HTML body, "Connection: close", no X-Request-Id and no
  * metrics or access log (libevent 2.1 has no hook for it; evhttp_set_errorcb
- * came in 2.2):
+ * came in 2.2), so these limits stay the library's:
  *   - a body over the largest limit of any route: 413 (the server limit is
  *     that maximum; bodies between a route's own limit and it get the JSON
- *     413 from the dispatcher);
+ *     413 from the dispatcher), before the auth callback runs;
  *   - a request line plus headers over max_header_bytes, or a malformed
- *     request line or header: 400;
- *   - a method other than GET, POST, PUT, PATCH, DELETE, HEAD (OPTIONS,
- *     TRACE, CONNECT, unknown tokens): 501 Not Implemented.
+ *     request line, header or Content-Length (a list "5, 5", a chunked
+ *     body evhttp cannot parse): 400.
  *
  * Every response the dispatcher or a handler sends has an X-Request-Id
  * header (the request's own if it is 1-64 characters of [A-Za-z0-9._-],
@@ -101,6 +119,9 @@ typedef struct azc_http_req azc_http_req;
  * (parameters such as "; charset=utf-8" allowed); it is parsed before the
  * handler runs and available as azc_http_req_json. */
 #define AZC_ROUTE_JSON_BODY 0x01u
+/* PUBLIC: the auth callback (azc_http_set_auth_cb) does not run for this
+ * route. The built-in /healthz, /readyz and /metrics are public. */
+#define AZC_ROUTE_PUBLIC 0x02u
 
 #define AZC_HTTP_MAX_SEGMENTS 32     /* path segments in a pattern */
 #define AZC_HTTP_REQUEST_ID_MAX 64   /* accepted X-Request-Id length */
@@ -122,6 +143,19 @@ typedef void (*azc_http_close_cb)(azc_http_req *r, void *arg);
  * (its message becomes the "reason"). */
 typedef int (*azc_http_ready_cb)(void *arg, azc_err *why);
 
+/*
+ * Authentication, run by the dispatcher after routing and before the body
+ * checks (413 over the route's limit, query string, 415, JSON body), for
+ * every route without AZC_ROUTE_PUBLIC: an anonymous client learns
+ * nothing from those answers and costs no parsing. `route_arg` is the arg
+ * given to azc_http_add_routes for the matched route, `arg` the one given
+ * to azc_http_set_auth_cb. Return AZC_OK to go on; any other status must
+ * come with a reply (401, 403, 503 ...), and one that forgot to reply is
+ * answered 500: a failed callback never lets the request through. It may
+ * keep what it learnt on r with azc_http_req_set_ctx.
+ */
+typedef int (*azc_http_auth_cb)(azc_http_req *r, void *route_arg, void *arg);
+
 typedef struct azc_http_route {
     unsigned methods;        /* AZC_HTTP_* flags; GET implies HEAD */
     const char *pattern;     /* "/v1/teams/{id}/members/{user_id}"; copied */
@@ -140,6 +174,14 @@ typedef struct azc_http_options {
     int reuse_port;          /* bind with SO_REUSEPORT, so one server per
                                 thread (each on its own event_base) can
                                 share a port; the kernel balances accepts */
+    int request_timeout_secs; /* total time to receive one request (line,
+                                headers and body), counted from its first
+                                byte (from the accept for the first one):
+                                10 s; the connection is closed without an
+                                answer past it, however slowly bytes come */
+    size_t max_connections;  /* open connections of this server: 4096;
+                                beyond it a new connection gets a fixed
+                                503 JSON answer and is closed at once */
 } azc_http_options;
 
 /*
@@ -172,6 +214,12 @@ int azc_http_add_routes(azc_http *h, const azc_http_route *routes, size_t n,
 /* Sets (or with cb NULL removes) the /readyz callback. Without one the
  * server reports ready. */
 void azc_http_set_ready_cb(azc_http *h, azc_http_ready_cb cb, void *arg);
+
+/* Sets (or with cb NULL removes) the auth callback; see azc_http_auth_cb. */
+void azc_http_set_auth_cb(azc_http *h, azc_http_auth_cb cb, void *arg);
+
+/* Open connections of h, for tests and metrics. */
+size_t azc_http_connection_count(const azc_http *h);
 
 /*
  * Listens on addr:port (addr numeric IPv4/IPv6 or a host name resolved
@@ -212,6 +260,11 @@ const char *azc_http_method_name(unsigned method);
 const char *azc_http_req_id(const azc_http_req *r);
 /* The matched pattern, e.g. "/v1/teams/{id}". */
 const char *azc_http_req_route(const azc_http_req *r);
+/* Attaches ctx to r (the auth callback's verified identity, say);
+ * ctx_free(ctx), when not NULL, runs when r is freed or ctx replaced. */
+void azc_http_req_set_ctx(azc_http_req *r, void *ctx, void (*ctx_free)(void *));
+/* What azc_http_req_set_ctx attached; NULL if nothing. */
+void *azc_http_req_ctx(const azc_http_req *r);
 
 /* Adds a response header (copied). AZC_EINVAL for an empty name, a name
  * that is not an HTTP token, CR or LF in the value, or a header the helper

@@ -297,25 +297,51 @@ static const struct jwt_key *find_key(const azc_jwt_keys *ks, const char *kid)
     return NULL;
 }
 
+/* RFC 7519 NumericDate: seconds since the epoch, "possibly non-integer". */
+static int numeric_date(const json_t *v, double *out)
+{
+    if (!json_is_number(v))
+        return 0;
+    *out = json_number_value(v);
+    return 1;
+}
+
 static int check_claims(json_t *c, const azc_jwt_policy *p, azc_err *e)
 {
-    time_t now = p->now != 0 ? p->now : time(NULL);
+    double now = (double)(p->now != 0 ? p->now : time(NULL));
+    double leeway = (double)p->leeway_secs, exp_at, nbf_at, iat_at, start;
+    long long max_life = p->max_lifetime_secs > 0 ? p->max_lifetime_secs
+                                                  : AZC_JWT_DEFAULT_MAX_LIFETIME;
     json_t *exp = json_object_get(c, "exp"), *nbf = json_object_get(c, "nbf");
+    json_t *iat = json_object_get(c, "iat");
     json_t *iss = json_object_get(c, "iss"), *aud = json_object_get(c, "aud");
     json_t *sub = json_object_get(c, "sub"), *v;
     size_t i;
     int aud_ok = 0;
 
-    if (!json_is_integer(exp))
-        return azc_err_set(e, AZC_EINVAL, "jwt: exp claim missing or not an integer");
-    if ((long long)json_integer_value(exp) + p->leeway_secs <= (long long)now)
+    if (!numeric_date(exp, &exp_at))
+        return azc_err_set(e, AZC_EINVAL, "jwt: exp claim missing or not a number");
+    if (exp_at + leeway <= now)
         return azc_err_set(e, AZC_EINVAL, "jwt: token expired");
     if (nbf != NULL) {
-        if (!json_is_integer(nbf))
-            return azc_err_set(e, AZC_EINVAL, "jwt: nbf claim is not an integer");
-        if ((long long)json_integer_value(nbf) - p->leeway_secs > (long long)now)
+        if (!numeric_date(nbf, &nbf_at))
+            return azc_err_set(e, AZC_EINVAL, "jwt: nbf claim is not a number");
+        if (nbf_at - leeway > now)
             return azc_err_set(e, AZC_EINVAL, "jwt: token not valid yet (nbf)");
     }
+    /* A leaked long-lived token stays usable for its whole life: bound it.
+     * The lifetime counts from iat, or from now when iat is absent or in
+     * the future (a future iat must not make a distant exp look short). */
+    start = now;
+    if (iat != NULL) {
+        if (!numeric_date(iat, &iat_at))
+            return azc_err_set(e, AZC_EINVAL, "jwt: iat claim is not a number");
+        if (iat_at < start)
+            start = iat_at;
+    }
+    if (exp_at - start > (double)max_life)
+        return azc_err_set(e, AZC_EINVAL, "jwt: token lifetime over the maximum of %lld s",
+                           max_life);
     if (!json_is_string(iss) || p->issuer == NULL || strcmp(json_string_value(iss), p->issuer) != 0)
         return azc_err_set(e, AZC_EINVAL, "jwt: wrong issuer");
     if (json_is_string(aud)) {
@@ -342,7 +368,7 @@ int azc_jwt_verify(const azc_jwt_keys *ks, const char *token, const azc_jwt_poli
     const struct jwt_key *k;
     size_t n, i;
     jwt_t *j = NULL;
-    char *grants;
+    unsigned char *raw;
     json_t *c;
     int rc;
 
@@ -370,22 +396,30 @@ int azc_jwt_verify(const azc_jwt_keys *ks, const char *token, const azc_jwt_poli
     /* Pin: the token must name exactly the configured algorithm. */
     if (strcmp(alg, jwt_alg_str(k->alg)) != 0)
         return azc_err_set(e, AZC_EINVAL, "jwt: algorithm %s not allowed for key \"%s\"", alg, k->kid);
-    if (jwt_decode(&j, token, k->material, (int)k->len) != 0 || j == NULL)
-        return azc_err_set(e, AZC_EINVAL, "jwt: bad signature or malformed token");
-    if (jwt_get_alg(j) != k->alg) {
-        jwt_free(j);
-        return azc_err_set(e, AZC_EINVAL, "jwt: algorithm mismatch after decode");
-    }
-    grants = jwt_get_grants_json(j, NULL);
-    jwt_free(j);
-    if (grants == NULL)
-        return azc_err_set(e, AZC_EINVAL, "jwt: no claims");
-    c = json_loads(grants, JSON_REJECT_DUPLICATES, NULL);
-    free(grants);
+    /* The claims are read from the token's own bytes: libjwt parses them
+     * without duplicate rejection (the last "exp" or "authz_admin" wins)
+     * and re-serialises them, so checking its copy would never see a
+     * duplicate. */
+    raw = b64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &n);
+    if (raw == NULL)
+        return azc_err_set(e, AZC_EINVAL, "jwt: payload is not base64url");
+    c = json_loadb((const char *)raw, n, JSON_REJECT_DUPLICATES, NULL);
+    free(raw);
     if (!json_is_object(c)) {
         json_decref(c);
-        return azc_err_set(e, AZC_EINVAL, "jwt: claims are not a JSON object");
+        return azc_err_set(e, AZC_EINVAL,
+                           "jwt: claims are not a JSON object without duplicate members");
     }
+    if (jwt_decode(&j, token, k->material, (int)k->len) != 0 || j == NULL) {
+        json_decref(c);
+        return azc_err_set(e, AZC_EINVAL, "jwt: bad signature or malformed token");
+    }
+    if (jwt_get_alg(j) != k->alg) {
+        jwt_free(j);
+        json_decref(c);
+        return azc_err_set(e, AZC_EINVAL, "jwt: algorithm mismatch after decode");
+    }
+    jwt_free(j);
     if ((rc = check_claims(c, p, e)) != AZC_OK) {
         json_decref(c);
         return rc;

@@ -7,9 +7,13 @@
  *     key, never the token's: a token whose header names another algorithm
  *     is refused before libjwt sees it, which also blocks `none` and the
  *     HS256-signed-with-the-RSA-public-key confusion;
- *   - `exp` is required, `nbf` honoured, both with a small leeway; `iss`
- *     must equal the configured issuer and `aud` (string or array) contain
- *     the configured audience; `sub` must be a non-empty string.
+ *   - the header and the claims are parsed from the token's own bytes with
+ *     duplicate members refused (libjwt keeps the last of two "exp"s);
+ *   - `exp` is required, `nbf` honoured, both NumericDates (integer or
+ *     not) with a small leeway; the lifetime (exp minus iat, or minus now
+ *     without iat) is at most a configured maximum; `iss` must equal the
+ *     configured issuer and `aud` (string or array) contain the configured
+ *     audience; `sub` must be a non-empty string.
  * A key set is immutable once loaded; rotating keys means loading a new
  * set and swapping the pointer (services do it on SIGHUP), so verifiers in
  * flight never see a half-loaded set.
@@ -25,7 +29,10 @@
 
 #include "common/err.h"
 
+/* Longer tokens are refused before any parsing (an HTTP header line must
+ * hold them anyway). */
 #define AZC_JWT_MAX_BYTES 8192
+#define AZC_JWT_DEFAULT_MAX_LIFETIME (24 * 3600)
 
 typedef struct azc_jwt_keys azc_jwt_keys;
 
@@ -46,6 +53,8 @@ typedef struct azc_jwt_policy {
     const char *audience;    /* required */
     long leeway_secs;        /* clock skew allowed for exp/nbf */
     time_t now;              /* 0: the real clock (tests set it) */
+    long long max_lifetime_secs; /* exp - iat (or now) above it: refused;
+                                  * 0: AZC_JWT_DEFAULT_MAX_LIFETIME */
 } azc_jwt_policy;
 
 /*

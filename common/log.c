@@ -11,6 +11,8 @@
 
 #include <openssl/rand.h>
 
+#include "common/text.h"
+
 struct azc_log {
     char *component;
     azc_log_level min;
@@ -99,6 +101,29 @@ static int is_reserved(const char *key)
            strcmp(key, "request_id") == 0;
 }
 
+/* json_string refuses invalid UTF-8, which a message quoting a client's
+ * header or path may hold: keep the line and the message, with the bad
+ * bytes as '?'. */
+static json_t *utf8_string(const char *s)
+{
+    size_t n;
+    char *copy;
+    json_t *v;
+
+    if (s == NULL)
+        s = "";
+    if ((v = json_string(s)) != NULL)
+        return v;
+    n = strlen(s);
+    if ((copy = malloc(n + 1)) == NULL)
+        return json_string("(out of memory)");
+    memcpy(copy, s, n + 1);
+    azc_utf8_scrub(copy, n);
+    v = json_string(copy);
+    free(copy);
+    return v;
+}
+
 void azc_log_write(azc_log *lg, azc_log_level lvl, const char *request_id,
                    json_t *fields, const char *msg)
 {
@@ -119,11 +144,9 @@ void azc_log_write(azc_log *lg, azc_log_level lvl, const char *request_id,
     json_object_set_new(line, "ts", json_string(ts));
     json_object_set_new(line, "level", json_string(azc_log_level_name(lvl)));
     json_object_set_new(line, "component", json_string(lg->component));
-    /* json_string rejects invalid UTF-8; keep the line, mark the message. */
-    val = json_string(msg != NULL ? msg : "");
-    json_object_set_new(line, "msg", val != NULL ? val : json_string("(invalid utf-8 message)"));
+    json_object_set_new(line, "msg", utf8_string(msg));
     if (request_id != NULL)
-        json_object_set_new(line, "request_id", json_string(request_id));
+        json_object_set_new(line, "request_id", utf8_string(request_id));
     if (json_is_object(fields)) {
         json_object_foreach(fields, key, val) {
             if (!is_reserved(key))
@@ -151,7 +174,7 @@ static void vlog(azc_log *lg, azc_log_level lvl, const char *request_id,
 
     if (!azc_log_enabled(lg, lvl))
         return;
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    (void)azc_text_vfmt(msg, sizeof msg, fmt, ap);
     azc_log_write(lg, lvl, request_id, NULL, msg);
 }
 

@@ -123,7 +123,9 @@ static int result_status(PGconn *c, PGresult *r, PGresult **res, azc_err *e)
     if (msg == NULL || msg[0] == '\0')
         msg = PQerrorMessage(c);
     n = strcspn(msg, "\n");
-    if (PQstatus(c) == CONNECTION_BAD)
+    /* 57014: statement_timeout (or a cancel) fired; like a lost link it
+     * is worth a retry, not a 500. */
+    if (PQstatus(c) == CONNECTION_BAD || strcmp(state, "57014") == 0)
         code = AZC_EUNAVAIL;
     else if (strncmp(state, "23", 2) == 0)
         code = AZC_ECONFLICT;
@@ -140,11 +142,15 @@ int azc_pg_query(PGconn *c, const char *sql, int nparams, const char *const *par
 {
     if (res != NULL)
         *res = NULL;
+    if (c == NULL)
+        return azc_err_set(e, AZC_EUNAVAIL, "postgres: not connected");
     return result_status(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0), res, e);
 }
 
 int azc_pg_exec_script(PGconn *c, const char *script, azc_err *e)
 {
+    if (c == NULL)
+        return azc_err_set(e, AZC_EUNAVAIL, "postgres: not connected");
     return result_status(c, PQexec(c, script), NULL, e);
 }
 
@@ -167,5 +173,6 @@ int azc_pg_commit(PGconn *c, azc_err *e)
 
 void azc_pg_rollback(PGconn *c)
 {
-    PQclear(PQexec(c, "ROLLBACK"));
+    if (c != NULL)
+        PQclear(PQexec(c, "ROLLBACK"));
 }

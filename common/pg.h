@@ -13,7 +13,9 @@
 #include "common/log.h"
 
 /*
- * Connects to `conninfo` (URI or key=value), retrying with exponential
+ * Connects to `conninfo` (URI or key=value), blocking the calling thread
+ * (start-up, migrations and the consumer and relay threads; event loops
+ * use common/pg_link.h instead), retrying with exponential
  * backoff (50 ms doubling to 2 s, with jitter) until `timeout_ms` passes, so
  * a service may start before its database. `application_name` may be NULL.
  * On success *out is a new connection owned by the caller (PQfinish).
@@ -28,7 +30,9 @@ int azc_pg_connect(const char *conninfo, const char *application_name, int timeo
  * holds the result, owned by the caller (PQclear). On failure *res is NULL,
  * the message carries the server's message and SQLSTATE, and the code is
  * AZC_ECONFLICT for integrity violations (class 23), AZC_EUNAVAIL when the
- * connection is gone, AZC_ERROR otherwise.
+ * connection is gone (or c is NULL: an azc_pg_link that is down) or the
+ * statement ran into statement_timeout (57014), AZC_ERROR otherwise.
+ * Blocking: it holds the calling thread until the server answers.
  */
 int azc_pg_query(PGconn *c, const char *sql, int nparams, const char *const *params,
                  PGresult **res, azc_err *e) AZC_WARN_UNUSED;

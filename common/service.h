@@ -1,7 +1,7 @@
 /*
  * Process wiring every service binary shares: the signal set that only
- * the main thread's sigwait sees, and event loops run on threads of their
- * own (one per HTTP worker).
+ * the main thread's sigwait sees, the open-file limit, and event loops run
+ * on threads of their own (one per HTTP worker).
  */
 #ifndef AZC_SERVICE_H
 #define AZC_SERVICE_H
@@ -23,6 +23,16 @@ struct event_base;
  * support.
  */
 int azc_service_signals(sigset_t *set, int hup, azc_err *e) AZC_WARN_UNUSED;
+
+/*
+ * Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit,
+ * as nginx's worker_rlimit_nofile does: every waiting long poll and every
+ * client connection holds a descriptor, and the usual soft limit (1024)
+ * would refuse connections long before memory or CPU run out. Logs the
+ * limit in force (info), or why it could not be raised (warning: the
+ * service goes on with the old one). Call once in main, before threads.
+ */
+void azc_service_raise_nofile(azc_log *lg);
 
 /* Runs base's loop on a new thread (*thread). */
 int azc_loop_start(struct event_base *base, pthread_t *thread, azc_err *e) AZC_WARN_UNUSED;

@@ -1,9 +1,10 @@
 /*
  * The identity REST API's dispatcher and handler toolkit (see api.h).
  *
- * id_dispatch runs before every handler: it re-establishes a broken
- * database link, authenticates the admin (Bearer JWT, strict checks in
- * common/jwt.c) and checks the admin rule, so no handler repeats it.
+ * id_dispatch runs before every handler: it authenticates the admin
+ * (Bearer JWT, strict checks in common/jwt.c), checks the admin rule and
+ * answers 503 at once while the worker's database link is down
+ * (common/pg_link.h), so no handler repeats it.
  */
 #include "identity/api.h"
 
@@ -18,6 +19,7 @@
 
 #include "common/digest.h"
 #include "common/pg.h"
+#include "common/text.h"
 #include "common/uuid.h"
 #include "identity/dispatch.h"
 
@@ -54,7 +56,7 @@ void id_reply_invalid(id_call *c, const char *field, const char *fmt, ...)
 
     rollback(c);
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    (void)azc_text_vfmt(msg, sizeof msg, fmt, ap);   /* cut on a character: the body must encode */
     va_end(ap);
     azc_http_reply_json(c->r, 400, json_pack("{s:{s:s, s:s, s:s}}", "error", "code",
                                              "invalid_field", "message", msg, "field", field));
@@ -67,7 +69,7 @@ void id_reply_error(id_call *c, int status, const char *code, const char *fmt, .
 
     rollback(c);
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    (void)azc_text_vfmt(msg, sizeof msg, fmt, ap);   /* cut on a character: the body must encode */
     va_end(ap);
     azc_http_reply_error(c->r, status, code, "%s", msg);
 }
@@ -78,13 +80,17 @@ void id_reply_db_error(id_call *c, int rc, const azc_err *e, const char *conflic
         id_reply_error(c, 409, "conflict", "%s", conflict_msg);
         return;
     }
-    azc_log_reqf(c->sh->log, AZC_LOG_ERROR, azc_http_req_id(c->r), "database: %s",
-                 e != NULL ? e->msg : "");
-    if (rc == AZC_EUNAVAIL)
-        id_reply_error(c, 503, "unavailable", "the database is unavailable; retry later");
-    else
-        id_reply_error(c, 500, "internal", "internal error (request id %s)",
-                       azc_http_req_id(c->r));
+    rollback(c);
+    {
+        azc_err u;
+
+        /* The shared mapping (503 + Retry-After, or 500) wants the code
+         * in the record; callers pass it separately. */
+        azc_err_set(&u, rc, "%s", e != NULL ? e->msg : "");
+        azc_pg_reply_error(c->db, c->r, &u, c->sh->log);
+    }
+    /* The link may have closed a broken connection just now. */
+    c->pg = azc_pg_link_conn(c->db);
 }
 
 int id_query_or_reply(id_call *c, const char *sql, int n, const char *const *p, PGresult **res,
@@ -581,12 +587,14 @@ static void unauthorized(id_call *c, const char *why)
     azc_http_reply_error(c->r, 401, "unauthorized", "a valid bearer token is required");
 }
 
-void id_dispatch(azc_http_req *r, void *arg)
+/*
+ * The bearer JWT and the admin rule: 0 with *claims (the caller's
+ * reference), or -1 with the 401/403 sent.
+ */
+static int authenticate_or_reply(azc_http_req *r, const id_bound *b, json_t **claims)
 {
-    const id_bound *b = arg;
     id_call c;
-    const char *token = NULL;
-    json_t *claims = NULL;
+    const char *token = NULL, *sub;
     azc_jwt_policy policy;
     azc_err e;
     int rc;
@@ -594,38 +602,77 @@ void id_dispatch(azc_http_req *r, void *arg)
     memset(&c, 0, sizeof c);
     c.sh = b->sh;
     c.r = r;
-    c.pg = *b->pg;
+    *claims = NULL;
     if (!bearer(azc_http_req_header(r, "Authorization"), &token)) {
         unauthorized(&c, "no bearer token");
-        return;
+        return -1;
     }
     policy.issuer = c.sh->set.issuer;
     policy.audience = c.sh->set.audience;
     policy.leeway_secs = (long)c.sh->set.leeway_secs;
+    policy.max_lifetime_secs = c.sh->set.max_token_lifetime_secs;
     policy.now = 0;
     azc_err_clear(&e);
     pthread_rwlock_rdlock(&c.sh->keys_lock);
-    rc = azc_jwt_verify_cached(b->jwt_cache, c.sh->keys, token, &policy, &claims, &e);
+    rc = azc_jwt_verify_cached(b->jwt_cache, c.sh->keys, token, &policy, claims, &e);
     pthread_rwlock_unlock(&c.sh->keys_lock);
     if (rc != AZC_OK) {
         unauthorized(&c, e.msg);
-        return;
+        return -1;
     }
-    c.caller = json_string_value(json_object_get(claims, "sub"));
-    if (!is_admin(c.sh, claims, c.caller)) {
+    sub = json_string_value(json_object_get(*claims, "sub"));
+    if (!is_admin(c.sh, *claims, sub)) {
         azc_log_reqf(c.sh->log, AZC_LOG_INFO, azc_http_req_id(r), "auth: %s is not an admin",
-                     c.caller);
+                     sub);
         azc_http_reply_error(r, 403, "forbidden", "this subject may not administer identities");
+        json_decref(*claims);
+        *claims = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void claims_free(void *claims)
+{
+    json_decref(claims);
+}
+
+/* The HTTP helper's auth callback: runs before its body checks, so an
+ * anonymous client gets 401 and never 413, 415 or invalid_json. */
+int id_authenticate(azc_http_req *r, void *route_arg, void *arg)
+{
+    json_t *claims;
+
+    (void)arg;
+    if (authenticate_or_reply(r, route_arg, &claims) != 0)
+        return AZC_EINVAL;
+    azc_http_req_set_ctx(r, claims, claims_free);
+    return AZC_OK;
+}
+
+void id_dispatch(azc_http_req *r, void *arg)
+{
+    const id_bound *b = arg;
+    id_call c;
+    json_t *claims = azc_http_req_ctx(r);
+    azc_err e;
+
+    memset(&c, 0, sizeof c);
+    c.sh = b->sh;
+    c.r = r;
+    c.db = b->db;
+    /* Checked by id_authenticate already; without it, here (fail closed). */
+    if (claims != NULL)
+        json_incref(claims);
+    else if (authenticate_or_reply(r, b, &claims) != 0)
+        return;
+    c.caller = json_string_value(json_object_get(claims, "sub"));
+    /* Down: 503 at once; the link reconnects off this loop. */
+    if ((c.pg = azc_pg_link_conn(c.db)) == NULL) {
+        azc_err_set(&e, AZC_EUNAVAIL, "not connected");
+        azc_pg_reply_error(c.db, r, &e, c.sh->log);
         json_decref(claims);
         return;
-    }
-    if (PQstatus(c.pg) != CONNECTION_OK) {
-        PQreset(c.pg);
-        if (PQstatus(c.pg) != CONNECTION_OK) {
-            azc_http_reply_error(r, 503, "unavailable", "the database is unavailable; retry later");
-            json_decref(claims);
-            return;
-        }
     }
     c.events = id_events_new();
     if (c.events == NULL) {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/text.h"
 #include "common/uuid.h"
 #include "identity/api.h"
 #include "identity/validate.h"
@@ -92,8 +93,8 @@ void id_assignment_create(id_call *c)
     if (!ok)
         return;
     if (!region_known(c->sh, region)) {
-        id_reply_invalid(c, "region", "unknown region \"%.40s\" (a configured region or \"*\")",
-                         region);
+        id_reply_invalid(c, "region", "unknown region \"%.*s\" (a configured region or \"*\")",
+                         (int)azc_utf8_cut(region, 40), region);
         return;
     }
     resource = id_body_string(c, body, "resource", &ok);

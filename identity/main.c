@@ -6,9 +6,11 @@
  * HTTP server and database connection each, sharing the port through
  * SO_REUSEPORT), the relay thread, and signals (SIGTERM/SIGINT stop,
  * SIGHUP reloads the JWT keys). The API and the relay can run in separate
- * processes of the same binary (api.enabled / relay.enabled).
+ * processes of the same binary (api.enabled / relay.enabled). The
+ * `resync` sub-command runs identity/resync.c once and exits.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
@@ -28,11 +30,15 @@
 #include "common/service.h"
 #include "identity/dispatch.h"
 #include "identity/relay.h"
+#include "identity/resync.h"
 #include "identity/service.h"
 
 extern char **environ;
 
 #define MAX_WORKERS 16
+/* The most one query of a worker loop may run (statement_timeout); a
+ * request runs a few, inside one transaction. */
+#define ID_STATEMENT_TIMEOUT_MS 2000
 
 static const azc_config_key KNOWN[] = {
     { "service", "region" },      { "service", "regions" },
@@ -45,6 +51,7 @@ static const azc_config_key KNOWN[] = {
     { "auth", "keys_file" },      { "auth", "issuer" },
     { "auth", "audience" },       { "auth", "leeway_secs" },
     { "auth", "admin_subjects" }, { "auth", "admin_claim" },
+    { "auth", "max_token_lifetime_secs" },
     { "idempotency", "ttl_secs" }, { "log", "level" },
 };
 
@@ -53,9 +60,11 @@ struct id_worker {
     int index;
     struct event_base *base;
     azc_http *http;
-    PGconn *pg;
+    azc_pg_link *db;           /* connects without blocking the loop */
     azc_jwt_cache *jwt_cache;
     id_bound bound[32];
+    id_relay *const *relay;    /* the process's relay (NULL when disabled), set before
+                                  the loops start */
     pthread_t thread;
 };
 
@@ -107,6 +116,9 @@ static int load_settings(app *a, azc_err *e)
         (rc = azc_config_get_string(a->cfg, "auth", "audience", NULL, &s->audience, e)) != AZC_OK ||
         (rc = azc_config_get_int(a->cfg, "auth", "leeway_secs", 30, 0, 600, &s->leeway_secs, e)) !=
             AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "auth", "max_token_lifetime_secs",
+                                 AZC_JWT_DEFAULT_MAX_LIFETIME, 60, 366 * 86400,
+                                 &s->max_token_lifetime_secs, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "auth", "admin_subjects", "", &admins, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "auth", "admin_claim", "authz_admin", &s->admin_claim,
                                     e)) != AZC_OK ||
@@ -160,28 +172,38 @@ static int load_keys(id_shared *sh, azc_jwt_keys **out, azc_err *e)
 static int worker_ready(void *arg, azc_err *why)
 {
     id_worker *w = arg;
+    char reason[AZC_ERRMSG_MAX];
 
-    if (PQstatus(w->pg) != CONNECTION_OK)
+    if (!azc_pg_link_up(w->db))
         return azc_err_set(why, AZC_EUNAVAIL, "database connection is down");
+    /* Writes still commit to the outbox, but nothing reaches Kafka until
+     * the repair: not ready, and the reason says which repair. */
+    if (id_relay_diverged(*w->relay, reason, sizeof reason))
+        return azc_err_set(why, AZC_EUNAVAIL, "relay stopped, run authz-identity resync: %s",
+                           reason);
     return AZC_OK;
 }
 
 static int worker_init(app *a, id_worker *w, int index, azc_err *e)
 {
     azc_http_options opts;
+    azc_pg_link_options link_opts;
     size_t i;
     int rc;
 
     memset(&opts, 0, sizeof opts);
+    memset(&link_opts, 0, sizeof link_opts);
     w->sh = &a->sh;
     w->index = index;
+    w->relay = &a->relay;
     w->base = event_base_new();
     w->jwt_cache = azc_jwt_cache_new(1024);
     if (w->base == NULL || w->jwt_cache == NULL)
         return azc_err_set(e, AZC_ERROR, "cannot create an event loop");
-    if ((rc = azc_pg_connect(a->sh.set.pg_url, "authz-identity", 30000, a->sh.log, &w->pg, e)) !=
-        AZC_OK)
-        return rc;
+    link_opts.application_name = "authz-identity";
+    link_opts.statement_timeout_ms = ID_STATEMENT_TIMEOUT_MS;
+    if ((w->db = azc_pg_link_new(w->base, a->sh.set.pg_url, &link_opts, a->sh.log, e)) == NULL)
+        return AZC_ERROR;
     opts.max_body_bytes = (size_t)a->sh.set.max_body_bytes;
     opts.service = "identity";
     opts.reuse_port = 1;
@@ -194,12 +216,13 @@ static int worker_init(app *a, id_worker *w, int index, azc_err *e)
         azc_http_route route = { id_routes[i].methods, id_routes[i].pattern, id_dispatch,
                                  id_routes[i].flags, id_routes[i].max_body };
         w->bound[i].sh = &a->sh;
-        w->bound[i].pg = &w->pg;
+        w->bound[i].db = w->db;
         w->bound[i].handler = id_routes[i].handler;
         w->bound[i].jwt_cache = w->jwt_cache;
         if (azc_http_add_routes(w->http, &route, 1, &w->bound[i]) != AZC_OK)
             return azc_err_set(e, AZC_ERROR, "cannot register route %s", id_routes[i].pattern);
     }
+    azc_http_set_auth_cb(w->http, id_authenticate, NULL);
     azc_http_set_ready_cb(w->http, worker_ready, w);
     /* Worker 0 picks the port (it may be 0 = ephemeral); the others share it. */
     rc = azc_http_bind(w->http, a->sh.set.http_addr,
@@ -215,7 +238,7 @@ static void worker_free(id_worker *w)
 {
     azc_http_free(w->http);
     azc_jwt_cache_free(w->jwt_cache);
-    PQfinish(w->pg);
+    azc_pg_link_free(w->db);
     if (w->base != NULL)
         event_base_free(w->base);
     memset(w, 0, sizeof *w);
@@ -292,6 +315,47 @@ static int run(app *a, const sigset_t *set, azc_err *e)
     return AZC_OK;
 }
 
+/* `authz-identity resync`: one JSON summary line on stdout. */
+static int run_resync(app *a, azc_err *e)
+{
+    id_resync_config cfg = { a->sh.set.pg_url, a->bootstrap, a->topic, a->sh.set.region, 0,
+                             a->sh.log };
+    id_resync_result res;
+    json_t *sum;
+    int rc;
+
+    if (a->bootstrap == NULL)
+        return azc_err_set(e, AZC_EINVAL, "configuration: kafka.bootstrap must be set for resync");
+    if ((rc = azc_migrate_url(a->sh.set.pg_url, "authz-identity-migrate", 10000,
+                              a->migrations_dir, "identity", a->sh.log, e)) != AZC_OK ||
+        (rc = id_resync_run(&cfg, &res, e)) != AZC_OK)
+        return rc;
+    sum = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "origin",
+                    a->sh.set.region, "topic", a->topic, "epoch", (json_int_t)res.epoch,
+                    "first_seq", (json_int_t)res.first_seq, "last_seq", (json_int_t)res.last_seq,
+                    "users", (json_int_t)res.users, "roles", (json_int_t)res.roles, "teams",
+                    (json_int_t)res.teams, "memberships", (json_int_t)res.memberships,
+                    "assignments", (json_int_t)res.assignments, "superseded",
+                    (json_int_t)res.superseded);
+    if (sum == NULL || json_dumpf(sum, stdout, JSON_COMPACT) != 0 || fputc('\n', stdout) == EOF ||
+        fflush(stdout) != 0) {
+        json_decref(sum);
+        /* Committed already: say so rather than report a failure. */
+        azc_logf(a->sh.log, AZC_LOG_WARN, "resync committed (epoch %" PRIu64 ", seq %" PRIu64
+                 "-%" PRIu64 ") but the summary could not be written", res.epoch, res.first_seq,
+                 res.last_seq);
+        return AZC_OK;
+    }
+    json_decref(sum);
+    azc_logf(a->sh.log, AZC_LOG_INFO, "resync: epoch %" PRIu64 " written as seq %" PRIu64
+             "-%" PRIu64 "; the relay publishes it", res.epoch, res.first_seq, res.last_seq);
+    return AZC_OK;
+}
+
+static const azc_cli_command COMMANDS[] = {
+    { "resync", "write a new epoch with the whole state above the topic's tail, and exit" },
+};
+
 int main(int argc, char **argv)
 {
     app a;
@@ -301,13 +365,15 @@ int main(int argc, char **argv)
     int rc, i;
 
     memset(&a, 0, sizeof a);
-    rc = azc_cli_parse(argc, argv, "authz-identity",
-                       "admin REST API for users, teams and roles, with its outbox relay to Kafka",
-                       &cli, stdout, stderr);
+    rc = azc_cli_parse_commands(argc, argv, "authz-identity",
+                                "admin REST API for users, teams and roles, with its outbox relay "
+                                "to Kafka", COMMANDS, sizeof COMMANDS / sizeof COMMANDS[0], &cli,
+                                stdout, stderr);
     if (rc != AZC_CLI_RUN)
         return rc == AZC_CLI_EXIT ? 0 : 2;
-    /* Before any thread starts: only sigwait sees the stop signals. */
-    if (azc_service_signals(&set, 1, &e) != AZC_OK) {
+    /* Before any thread starts: only sigwait sees the stop signals. A
+     * resync keeps the default signals (interrupting it rolls it back). */
+    if (cli.command == NULL && azc_service_signals(&set, 1, &e) != AZC_OK) {
         fprintf(stderr, "authz-identity: %s\n", e.msg);
         return 1;
     }
@@ -330,10 +396,15 @@ int main(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    rc = run(&a, &set, &e);
+    azc_service_raise_nofile(a.sh.log);
+    rc = cli.command != NULL ? run_resync(&a, &e) : run(&a, &set, &e);
+    if (rc != AZC_OK && cli.command != NULL)
+        fprintf(stderr, "authz-identity resync: %s; nothing was written\n", e.msg);
     if (rc != AZC_OK) {
         azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
-        rc = 1;
+        /* A resync's configuration problem is a usage error, like one of
+         * the service's. */
+        rc = cli.command != NULL && rc == AZC_EINVAL ? 2 : 1;
     }
 out:
     id_relay_free(a.relay);

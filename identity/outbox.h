@@ -4,7 +4,8 @@
  * A mutation collects the events it causes and, as the last statement of
  * its transaction, appends them here: the outbox lock is taken, seq and HLC
  * are assigned from identity.outbox_state, the envelopes are encoded and
- * inserted, and the relay is notified, all inside the caller's transaction.
+ * inserted (one statement for the whole batch), and the relay is notified,
+ * all inside the caller's transaction.
  * The lock is transaction-scoped and held until commit, so commit order =
  * seq order = HLC order, and a reader following seq never skips a row.
  */
@@ -12,6 +13,7 @@
 #define ID_OUTBOX_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <jansson.h>
 #include <libpq-fe.h>
@@ -45,5 +47,18 @@ int id_events_add(id_events *l, azc_event_type type, json_t *data) AZC_WARN_UNUS
  */
 int id_outbox_append(PGconn *c, const char *origin, const id_events *l, azc_revision *rev,
                      azc_err *e) AZC_WARN_UNUSED;
+
+/*
+ * Encodes events [from, from + n) of `l` as epoch `epoch`, seqs seq0, seq0 + 1,
+ * ... and HLCs hlc0, hlc0 + 1, ..., and inserts them with ONE statement
+ * inside the open transaction on `c`. The caller holds the outbox lock and
+ * has reserved the seqs and HLCs in identity.outbox_state (id_outbox_append
+ * does both; a resync does its own). `l` stays owned by the caller.
+ */
+int id_outbox_insert(PGconn *c, const char *origin, uint64_t epoch, uint64_t seq0, uint64_t hlc0,
+                     const id_events *l, size_t from, size_t n, azc_err *e) AZC_WARN_UNUSED;
+
+/* Queues the relay's wake-up; PostgreSQL delivers it at commit. */
+int id_outbox_notify(PGconn *c, azc_err *e) AZC_WARN_UNUSED;
 
 #endif

@@ -14,7 +14,20 @@
  * Heartbeats carry an HLC taken under the outbox lock and the last seq
  * assigned, so "heartbeat (seq N, hlc H)" promises that every change up to
  * seq N has been sent before it and every later change has an HLC above H.
- * The relay only emits one after producing everything up to N.
+ * The relay only emits one after producing everything up to N. It also
+ * names the event at seq N (data.last_id), so the tail check below can
+ * tell "the topic ends where the outbox says" from "the topic ends at a
+ * seq the outbox reused for another event".
+ *
+ * Tail check (tail.h): before a session produces anything, and again after
+ * every producer rebuild and after losing every broker, the relay reads the topic's last message and
+ * compares it with the outbox. If Kafka holds events the database does not
+ * (commits lost at the origin), publishing on would hand their seqs to new
+ * events that consumers drop as duplicates; so the relay publishes nothing,
+ * says so (log, /readyz, identity_relay_diverged), re-checks about once a
+ * second and on NOTIFY, and resumes once `authz-identity resync` has
+ * started a new epoch above the tail. When Kafka cannot be read the relay
+ * waits too: unverified is not the same as agreed.
  *
  * The loop waits in poll(2) on three descriptors: the PostgreSQL socket
  * (NOTIFY of a new outbox row), a pipe librdkafka writes when a delivery
@@ -43,37 +56,55 @@
 #include "common/pg.h"
 #include "common/uuid.h"
 #include "identity/outbox.h"
+#include "identity/tail.h"
 
 /* A different key from the outbox lock: held for the relay's lifetime. */
 #define RELAY_LEADER_KEY "7018141740238694741"   /* "identity-relay" hashed once */
 
 static const char SQL_TRY_LEAD[] = "SELECT pg_try_advisory_lock($1::bigint)";
 static const char SQL_LISTEN[] = "LISTEN " ID_OUTBOX_CHANNEL;
+/* Superseded rows (older epoch, never published, replaced by a resync's
+ * state) are never sent. */
 static const char SQL_START[] =
-    "SELECT coalesce((SELECT min(seq) - 1 FROM identity.outbox WHERE published_at IS NULL),"
+    "SELECT coalesce((SELECT min(seq) - 1 FROM identity.outbox"
+    "                  WHERE published_at IS NULL AND NOT superseded),"
     "                (SELECT last_seq FROM identity.outbox_state))";
 static const char SQL_FETCH[] =
-    "SELECT seq, payload FROM identity.outbox WHERE seq > $1::bigint ORDER BY seq LIMIT $2::int";
+    "SELECT seq, payload FROM identity.outbox WHERE seq > $1::bigint AND NOT superseded"
+    " ORDER BY seq LIMIT $2::int";
 static const char SQL_MARK[] =
     "UPDATE identity.outbox SET published_at = now()"
-    " WHERE seq > $1::bigint AND seq <= $2::bigint AND published_at IS NULL";
+    " WHERE seq > $1::bigint AND seq <= $2::bigint AND published_at IS NULL AND NOT superseded";
 static const char SQL_LOCK[] = "SELECT pg_advisory_xact_lock($1::bigint)";
 static const char SQL_HEARTBEAT[] =
     "UPDATE identity.outbox_state"
     "   SET last_hlc = greatest(last_hlc + 1,"
     "                           (floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint << 16))"
-    " RETURNING last_seq, last_hlc";
+    " RETURNING last_seq, last_hlc, epoch,"
+    "           (SELECT event_id FROM identity.outbox o WHERE o.seq = last_seq)";
+
+/* How long one read of the topic's tail may take, and how often a diverged
+ * (or unverified) relay looks again. */
+#define TAIL_TIMEOUT_MS 3000
+#define TAIL_RECHECK_MS 1000
+/* NOTIFY wakes a diverged relay early, but a burst of writes must not turn
+ * into a burst of Kafka consumers. */
+#define TAIL_MIN_GAP_MS 200
 
 struct id_relay {
     char *pg_url, *bootstrap, *topic, *origin;
     int heartbeat_ms, max_in_flight;
     azc_log *log;
-    azc_metric *m_published, *m_heartbeats, *m_errors, *m_pending;
+    azc_metric *m_published, *m_heartbeats, *m_errors, *m_pending, *m_diverged, *m_checks;
 
     pthread_t thread;
     int started;
     int stop_pipe[2];
     atomic_int active;
+    pthread_mutex_t lock;       /* guards diverged and why */
+    int lock_ready;
+    int diverged;
+    char why[AZC_ERRMSG_MAX];
 
     /* Owned by the relay thread only. */
     PGconn *pg;
@@ -85,6 +116,7 @@ struct id_relay {
     uint64_t marked;      /* highest seq marked published in the table */
     int hb_in_flight;
     int failed;           /* a delivery failed: rebuild the producer */
+    int recheck;          /* every broker was down: check the tail again */
 };
 
 static void count(azc_metric *m, double v)
@@ -109,6 +141,12 @@ id_relay *id_relay_new(const id_relay_config *cfg, azc_err *e)
         return NULL;
     }
     r->stop_pipe[0] = r->stop_pipe[1] = r->dr_pipe[0] = r->dr_pipe[1] = -1;
+    if (pthread_mutex_init(&r->lock, NULL) != 0) {
+        free(r);
+        azc_err_set(e, AZC_ERROR, "relay: cannot create a mutex");
+        return NULL;
+    }
+    r->lock_ready = 1;
     r->pg_url = strdup(cfg->pg_url);
     r->bootstrap = strdup(cfg->bootstrap);
     r->topic = strdup(cfg->topic);
@@ -130,6 +168,13 @@ id_relay *id_relay_new(const id_relay_config *cfg, azc_err *e)
                                           "Relay failures (database, Kafka delivery).", NULL);
         r->m_pending = azc_metrics_gauge(cfg->metrics, "identity_relay_in_flight",
                                          "Events handed to Kafka and not yet acknowledged.", NULL);
+        r->m_diverged = azc_metrics_gauge(cfg->metrics, "identity_relay_diverged",
+                                          "1 while the topic holds events the outbox does not "
+                                          "and the relay publishes nothing.", NULL);
+        r->m_checks = azc_metrics_counter(cfg->metrics, "identity_relay_tail_checks_total",
+                                          "Comparisons of the topic's tail with the outbox.", NULL);
+        if (r->m_diverged != NULL && azc_metric_set(r->m_diverged, NULL, 0) != AZC_OK)
+            r->m_diverged = NULL;
     }
     if (pipe2(r->stop_pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
         azc_err_set(e, AZC_ERROR, "relay: pipe: %s", strerror(errno));
@@ -142,6 +187,36 @@ id_relay *id_relay_new(const id_relay_config *cfg, azc_err *e)
 int id_relay_active(id_relay *r)
 {
     return r != NULL && atomic_load(&r->active);
+}
+
+int id_relay_diverged(id_relay *r, char *why, size_t size)
+{
+    int d;
+
+    if (r == NULL)
+        return 0;
+    pthread_mutex_lock(&r->lock);
+    d = r->diverged;
+    if (d && why != NULL && size > 0)
+        snprintf(why, size, "%s", r->why);
+    pthread_mutex_unlock(&r->lock);
+    return d;
+}
+
+/* Records the outcome of a tail check; `why` NULL means they agree.
+ * Returns 1 when the state or the reason changed (worth a log line). */
+static int set_diverged(id_relay *r, const char *why)
+{
+    int changed;
+
+    pthread_mutex_lock(&r->lock);
+    changed = (why != NULL) != r->diverged || (why != NULL && strcmp(why, r->why) != 0);
+    r->diverged = why != NULL;
+    snprintf(r->why, sizeof r->why, "%s", why != NULL ? why : "");
+    pthread_mutex_unlock(&r->lock);
+    if (r->m_diverged != NULL && azc_metric_set(r->m_diverged, NULL, why != NULL) != AZC_OK)
+        azc_logf(r->log, AZC_LOG_DEBUG, "relay: cannot set identity_relay_diverged");
+    return changed;
 }
 
 static int stopping(id_relay *r)
@@ -181,7 +256,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     }
     /* The idempotent producer reports in order; anything else would be a
      * bug worth a loud line, and acked only ever moves forward. */
-    if (seq != r->acked + 1 && !r->failed)
+    if (seq <= r->acked && !r->failed)
         azc_logf(r->log, AZC_LOG_ERROR, "relay: delivery report for seq %" PRIu64
                  " after %" PRIu64 "", seq, r->acked);
     if (seq > r->acked)
@@ -201,7 +276,11 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
         count(r->m_errors, 1);
         return;
     }
-    /* Transient (broker down, ...): librdkafka retries by itself. */
+    /* Transient (broker down, ...): librdkafka retries by itself. After
+     * losing every broker the topic may have changed under us (another
+     * history written meanwhile): check its tail before going on. */
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        r->recheck = 1;
     azc_logf(r->log, AZC_LOG_WARN, "relay: kafka: %s", reason);
 }
 
@@ -290,6 +369,7 @@ static int open_producer(id_relay *r, azc_err *e)
     rd_kafka_queue_io_event_enable(q, r->dr_pipe[1], "1", 1);
     rd_kafka_queue_destroy(q);
     r->failed = 0;
+    r->recheck = 0;
     r->hb_in_flight = 0;
     return AZC_OK;
 }
@@ -331,6 +411,23 @@ static int mark(id_relay *r, azc_err *e)
     return rc;
 }
 
+/* The one place seqs may jump: to the first seq of the current epoch,
+ * which a resync put above the topic's tail. Anything else is a gap. */
+static int epoch_jump(id_relay *r, uint64_t seq, azc_err *e)
+{
+    id_origin o;
+    int rc;
+
+    if ((rc = id_origin_read(r->pg, &o, e)) != AZC_OK)
+        return rc;
+    if (seq != o.epoch_start_seq || seq <= r->produced)
+        return azc_err_set(e, AZC_ERROR, "relay: outbox gap: expected seq %" PRIu64
+                           ", found %" PRIu64, r->produced + 1, seq);
+    azc_logf(r->log, AZC_LOG_INFO, "relay: epoch %" PRIu64 " starts at seq %" PRIu64
+             " (after seq %" PRIu64 ")", o.epoch, seq, r->produced);
+    return AZC_OK;
+}
+
 /* Produces committed rows after r->produced, up to the in-flight cap. */
 static int fill(id_relay *r, int *did, azc_err *e)
 {
@@ -350,10 +447,9 @@ static int fill(id_relay *r, int *did, azc_err *e)
     for (i = 0; i < n; i++) {
         uint64_t seq = strtoull(PQgetvalue(res, i, 0), NULL, 10);
 
-        if (seq != r->produced + 1) {
+        if (seq != r->produced + 1 && (rc = epoch_jump(r, seq, e)) != AZC_OK) {
             PQclear(res);
-            return azc_err_set(e, AZC_ERROR, "relay: outbox gap: expected seq %" PRIu64
-                               ", found %" PRIu64, r->produced + 1, seq);
+            return rc;
         }
         if ((rc = produce(r, PQgetvalue(res, i, 1), (size_t)PQgetlength(res, i, 1), seq, e)) !=
             AZC_OK) {
@@ -377,6 +473,7 @@ static int heartbeat(id_relay *r, int *sent, azc_err *e)
     PGresult *res = NULL;
     azc_event ev;
     uint64_t last_seq;
+    char last_id[AZC_UUID_LEN] = "";
     char *text = NULL;
     size_t len;
     int rc;
@@ -397,17 +494,27 @@ static int heartbeat(id_relay *r, int *sent, azc_err *e)
     memset(&ev, 0, sizeof ev);
     last_seq = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
     ev.hlc = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+    ev.epoch = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
+    if (!PQgetisnull(res, 0, 3))
+        snprintf(last_id, sizeof last_id, "%s", PQgetvalue(res, 0, 3));
     PQclear(res);
     if (last_seq > r->produced)
         return AZC_OK;         /* rows committed meanwhile: send them first */
     ev.version = AZC_EVENT_VERSION;
-    ev.epoch = 1;
     if (azc_uuid_new(ev.id) != AZC_OK)
         return azc_err_set(e, AZC_ERROR, "relay: random generator failed");
     ev.type = AZC_EV_HEARTBEAT;
     snprintf(ev.origin, sizeof ev.origin, "%s", r->origin);
     ev.seq = last_seq;
-    if ((rc = azc_event_encode(&ev, &text, &len, e)) != AZC_OK)
+    /* Omitted when there is no such row (seq 0, or a row that is gone). */
+    if (last_seq > 0 && last_id[0] != '\0') {
+        ev.data = json_pack("{s:s}", "last_id", last_id);
+        if (ev.data == NULL)
+            return azc_err_set(e, AZC_ENOMEM, "relay: out of memory");
+    }
+    rc = azc_event_encode(&ev, &text, &len, e);
+    json_decref(ev.data);
+    if (rc != AZC_OK)
         return rc;
     rc = produce(r, text, len, 0, e);
     free(text);
@@ -424,6 +531,110 @@ static void drain(int fd)
 
     while (fd >= 0 && read(fd, buf, sizeof buf) > 0)
         ;
+}
+
+static uint64_t now_ms(void)
+{
+    return azc_wall_ms();
+}
+
+/* Where to resume: after the last row published (or superseded). */
+static int read_start(id_relay *r, azc_err *e)
+{
+    PGresult *res = NULL;
+    int rc;
+
+    if ((rc = azc_pg_query(r->pg, SQL_START, 0, NULL, &res, e)) != AZC_OK)
+        return rc;
+    r->produced = r->acked = r->marked = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return AZC_OK;
+}
+
+/* Waits up to ms for a NOTIFY or a stop. AZC_EUNAVAIL on stop or when the
+ * database link is lost. */
+static int wait_notify(id_relay *r, int ms, azc_err *e)
+{
+    struct pollfd fds[2] = { { PQsocket(r->pg), POLLIN, 0 }, { r->stop_pipe[0], POLLIN, 0 } };
+    PGnotify *n;
+
+    if (poll(fds, 2, ms) < 0 && errno != EINTR)
+        return azc_err_set(e, AZC_ERROR, "relay: poll: %s", strerror(errno));
+    if (fds[1].revents)
+        return azc_err_set(e, AZC_EUNAVAIL, "relay: stopping");
+    if (fds[0].revents) {
+        if (!PQconsumeInput(r->pg))
+            return azc_err_set(e, AZC_EUNAVAIL, "relay: database link lost: %s",
+                               PQerrorMessage(r->pg));
+        while ((n = PQnotifies(r->pg)) != NULL)
+            PQfreemem(n);
+    }
+    return AZC_OK;
+}
+
+/*
+ * Compares the topic's tail with the outbox until they agree (tail.h).
+ * Nothing has been produced in this session or since the last rebuild
+ * when it runs, so holding here publishes nothing. After a divergence
+ * ends (a resync), the resume point is read again: the new epoch starts
+ * above rows that will never be sent.
+ */
+static int verify_tail(id_relay *r, azc_err *e)
+{
+    int was_diverged = 0, warned = 0, rc;
+    uint64_t checked;
+
+    for (;;) {
+        id_tail t;
+        id_origin o;
+        azc_err why;
+
+        azc_err_clear(&why);
+        count(r->m_checks, 1);
+        rc = id_tail_read(r->bootstrap, r->topic, TAIL_TIMEOUT_MS, r->log, &t, &why);
+        if (rc == AZC_OK) {
+            rc = id_tail_check(r->pg, &t, &o, &why);
+            if (rc == AZC_OK) {
+                if (set_diverged(r, NULL) || was_diverged) {
+                    azc_logf(r->log, AZC_LOG_INFO, "relay: the topic's tail agrees with the outbox"
+                             " again (epoch %" PRIu64 " from seq %" PRIu64 "); publishing",
+                             o.epoch, o.epoch_start_seq);
+                    if ((rc = read_start(r, e)) != AZC_OK)
+                        return rc;
+                }
+                return AZC_OK;
+            }
+            if (rc != AZC_ECONFLICT) {
+                *e = why;
+                return rc;
+            }
+            was_diverged = 1;
+            if (set_diverged(r, why.msg)) {
+                char msg[AZC_ERRMSG_MAX + 160];
+                json_t *f = json_pack("{s:s, s:I, s:I, s:s, s:I, s:I, s:I, s:s}", "topic",
+                                      r->topic, "topic_epoch", (json_int_t)t.epoch, "topic_seq",
+                                      (json_int_t)t.seq, "topic_event", t.id, "outbox_epoch",
+                                      (json_int_t)o.epoch, "outbox_last_seq",
+                                      (json_int_t)o.last_seq, "outbox_epoch_start_seq",
+                                      (json_int_t)o.epoch_start_seq, "repair",
+                                      "authz-identity resync --config FILE");
+                snprintf(msg, sizeof msg, "relay: diverged from the topic, publishing nothing: "
+                         "%s; repair: authz-identity resync --config FILE (docs/identity.md)",
+                         why.msg);
+                azc_log_write(r->log, AZC_LOG_ERROR, NULL, f, msg);
+                json_decref(f);
+            }
+        } else if (!warned++) {
+            azc_logf(r->log, AZC_LOG_WARN, "relay: cannot check the topic's tail, publishing"
+                     " nothing until it can: %s", why.msg);
+        }
+        checked = now_ms();
+        if ((rc = wait_notify(r, TAIL_RECHECK_MS, e)) != AZC_OK)
+            return rc;
+        if (now_ms() < checked + TAIL_MIN_GAP_MS &&
+            wait_stop(r, (int)(checked + TAIL_MIN_GAP_MS - now_ms())))
+            return azc_err_set(e, AZC_EUNAVAIL, "relay: stopping");
+    }
 }
 
 /* Connects, becomes the active relay, starts listening, reads where to
@@ -460,10 +671,8 @@ static int session_open(id_relay *r, azc_err *e)
         PQclear(res);
         res = NULL;
         if ((rc = azc_pg_query(r->pg, SQL_LISTEN, 0, NULL, NULL, e)) != AZC_OK ||
-            (rc = azc_pg_query(r->pg, SQL_START, 0, NULL, &res, e)) != AZC_OK)
+            (rc = read_start(r, e)) != AZC_OK)
             goto retry;
-        r->produced = r->acked = r->marked = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
-        PQclear(res);
         if (PQsetnonblocking(r->pg, 0) != 0)
             goto retry;
         azc_logf(r->log, AZC_LOG_INFO, "relay: active; resuming after seq %" PRIu64, r->produced);
@@ -476,11 +685,6 @@ retry:
     }
 }
 
-static uint64_t now_ms(void)
-{
-    return azc_wall_ms();
-}
-
 /* One connected session: returns when the link breaks or on stop. */
 static int session_run(id_relay *r, azc_err *e)
 {
@@ -490,6 +694,8 @@ static int session_run(id_relay *r, azc_err *e)
     if ((rc = open_producer(r, e)) != AZC_OK)
         return rc;
     atomic_store(&r->active, 1);
+    if ((rc = verify_tail(r, e)) != AZC_OK)
+        return rc;
     for (;;) {
         struct pollfd fds[3];
         PGnotify *n;
@@ -505,7 +711,13 @@ static int session_run(id_relay *r, azc_err *e)
             set_pending(r);
             if (wait_stop(r, 500))
                 return azc_err_set(e, AZC_EUNAVAIL, "relay: stopping");
-            if ((rc = open_producer(r, e)) != AZC_OK)
+            if ((rc = open_producer(r, e)) != AZC_OK || (rc = verify_tail(r, e)) != AZC_OK)
+                return rc;
+        }
+        /* Only with nothing in flight: then the tail must be our last ack. */
+        if (r->recheck && r->produced == r->acked && !r->hb_in_flight) {
+            r->recheck = 0;
+            if ((rc = mark(r, e)) != AZC_OK || (rc = verify_tail(r, e)) != AZC_OK)
                 return rc;
         }
         if ((rc = mark(r, e)) != AZC_OK || (rc = fill(r, &did, e)) != AZC_OK)
@@ -611,5 +823,7 @@ void id_relay_free(id_relay *r)
     free(r->bootstrap);
     free(r->topic);
     free(r->origin);
+    if (r->lock_ready)
+        pthread_mutex_destroy(&r->lock);
     free(r);
 }

@@ -7,10 +7,14 @@
  * Guarantees: a committed event reaches Kafka, in seq order; after a crash
  * the relay resumes at the first row not marked published, so a duplicate
  * is possible and a gap is not. Only one relay per region publishes at a
- * time: the active one holds a session advisory lock, others wait.
+ * time: the active one holds a session advisory lock, others wait. It
+ * publishes nothing while the topic's tail disagrees with the outbox (lost
+ * commits at the origin; see relay.c and docs/identity.md).
  */
 #ifndef ID_RELAY_H
 #define ID_RELAY_H
+
+#include <stddef.h>
 
 #include "common/err.h"
 #include "common/log.h"
@@ -43,5 +47,13 @@ void id_relay_free(id_relay *r);
 
 /* 1 when this relay is the active one and its database link is up. */
 int id_relay_active(id_relay *r);
+
+/*
+ * 1 while the relay publishes nothing because the topic holds events the
+ * outbox does not (tail.h); then `why` (may be NULL) receives the reason,
+ * naming both sides. Thread-safe: the readiness check calls it from the
+ * HTTP workers. 0 for NULL.
+ */
+int id_relay_diverged(id_relay *r, char *why, size_t size);
 
 #endif

@@ -18,6 +18,7 @@
 #include "common/jwt.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/pg_link.h"
 #include "common/revision.h"
 #include "identity/outbox.h"
 
@@ -37,6 +38,7 @@ typedef struct id_settings {
     const char *issuer;
     const char *audience;
     long long leeway_secs;
+    long long max_token_lifetime_secs; /* exp - iat above it: refused */
     char admin_subjects[ID_MAX_ADMINS][257];
     size_t nadmins;
     const char *admin_claim;
@@ -59,6 +61,7 @@ typedef struct id_worker id_worker;
 typedef struct id_call {
     id_worker *w;
     id_shared *sh;
+    azc_pg_link *db;           /* the worker's link; pg is its connection */
     PGconn *pg;
     azc_http_req *r;
     const char *caller;        /* the admin's JWT subject */

@@ -17,7 +17,9 @@
 
 
 /* A display text: valid UTF-8 (jansson guarantees it), 1..max bytes
- * (0..max when allow_empty), no control characters. */
+ * (0..max when allow_empty), not only white space unless allow_empty, no
+ * control character (C0, DEL, C1) and no invisible format character
+ * (Unicode Cf: U+200B-U+200F, U+202A-U+202E, U+2060-U+2064, U+FEFF ...). */
 int id_text_valid(const char *s, size_t max, int allow_empty);
 
 

@@ -99,11 +99,46 @@ static void test_bad_events_name_the_member(void **state)
     assert_int_equal(check(AZC_EV_TEAM_CREATED, "[]", &e), AZC_EINVAL);
 }
 
+/* Heartbeats with and without last_id; resync markers and their counts. */
+static void test_heartbeat_and_resync_markers(void **state)
+{
+    azc_err e;
+    (void)state;
+
+    assert_int_equal(check(AZC_EV_HEARTBEAT, "{\"last_id\":\"" U1 "\"}", &e), AZC_OK);
+    assert_int_equal(check(AZC_EV_HEARTBEAT, "{\"last_id\":7}", &e), AZC_EINVAL);
+    assert_non_null(strstr(e.msg, "data.last_id"));
+    assert_int_equal(check(AZC_EV_HEARTBEAT, "{\"last_id\":\"x\"}", &e), AZC_EINVAL);
+    assert_int_equal(check(AZC_EV_RESYNC_BEGIN, "{}", &e), AZC_OK);
+    assert_int_equal(check(AZC_EV_RESYNC_END,
+                           "{\"users\":2,\"roles\":0,\"teams\":1,\"memberships\":0,"
+                           "\"assignments\":3}", &e), AZC_OK);
+    assert_int_equal(check(AZC_EV_RESYNC_END,
+                           "{\"users\":2,\"roles\":0,\"teams\":1,\"memberships\":0}", &e),
+                     AZC_EINVAL);
+    assert_non_null(strstr(e.msg, "data.assignments"));
+    assert_int_equal(check(AZC_EV_RESYNC_END,
+                           "{\"users\":-1,\"roles\":0,\"teams\":1,\"memberships\":0,"
+                           "\"assignments\":3}", &e), AZC_EINVAL);
+    assert_non_null(strstr(e.msg, "data.users"));
+    assert_int_equal(check(AZC_EV_RESYNC_END,
+                           "{\"users\":\"2\",\"roles\":0,\"teams\":1,\"memberships\":0,"
+                           "\"assignments\":3}", &e), AZC_EINVAL);
+    /* Only the creation events may carry a resync's state. */
+    assert_int_equal(az_resync_kind(AZC_EV_USER_CREATED), 0);
+    assert_string_equal(az_resync_kinds[az_resync_kind(AZC_EV_ASSIGNMENT_CREATED)], "assignments");
+    assert_string_equal(az_resync_kinds[az_resync_kind(AZC_EV_TEAM_MEMBER_ADDED)], "memberships");
+    assert_int_equal(az_resync_kind(AZC_EV_USER_UPDATED), -1);
+    assert_int_equal(az_resync_kind(AZC_EV_HEARTBEAT), -1);
+    assert_int_equal(az_resync_kind(AZC_EV_RESYNC_END), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_events),
         cmocka_unit_test(test_bad_events_name_the_member),
+        cmocka_unit_test(test_heartbeat_and_resync_markers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,94 +1,15 @@
 /*
- * Unit tests: the HTTP server helper. Each test starts a server on
- * 127.0.0.1 port 0 on its own event_base and drives it from the same base
- * with evhttp's client, or with raw sockets for requests evhttp's client
- * cannot send (oversized headers, unknown methods, disconnects). Nothing
- * sleeps: the loop runs until a condition holds or a deadline passes.
+ * Unit tests: the HTTP helper's dispatcher, over sockets. Routing and
+ * decoding, the checks that cut across handlers (404, 405, 413, 415,
+ * invalid JSON and query strings), HEAD, request ids, probes, metrics,
+ * replies and headers. Deferred and streamed replies are in
+ * test_http_defer.c, the hardened edge in test_http_edge.c, the socket-free
+ * routing functions in test_http_route.c.
  */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "http_test_util.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <event2/buffer.h>
-#include <event2/event.h>
-#include <event2/http.h>
-
-#include "common/http.h"
-
-#define DEADLINE_SECS 5.0
-
-struct fixture {
-    struct event_base *base;
-    azc_http *h;
-    azc_metrics *m;
-    azc_log *log;
-    FILE *logf;
-    char *logbuf;
-    size_t loglen;
-    int port;
-    struct event *timer;        /* answers fx->deferred */
-    azc_http_req *deferred;
-    int handler_calls;
-    int closed;                 /* on_close calls */
-    int add_header_rc[3];
-    int ready_rc;
-};
-
-struct response {
-    int done;
-    int status;                 /* 0: no response */
-    char *body;                 /* NUL-terminated copy */
-    size_t body_len;
-    char content_type[128];
-    char request_id[128];
-    char allow[128];
-    char content_length[32];
-    json_t *json;               /* body parsed, when it is JSON */
-};
-
-static void response_clear(struct response *resp)
-{
-    free(resp->body);
-    json_decref(resp->json);
-    memset(resp, 0, sizeof *resp);
-}
-
-/* ---- event loop driving ----------------------------------------------- */
-
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    *(int *)arg = 1;
-}
-
-/* Runs the loop until *flag is non-zero or the deadline passes; returns
- * *flag. */
-static int run_until(struct event_base *base, const int *flag, double secs)
-{
-    struct timeval tv = { (time_t)secs, (suseconds_t)((secs - (double)(time_t)secs) * 1e6) };
-    int expired = 0;
-    struct event *t = evtimer_new(base, on_deadline, &expired);
-
-    assert_non_null(t);
-    assert_int_equal(evtimer_add(t, &tv), 0);
-    while (!*flag && !expired)
-        assert_true(event_base_loop(base, EVLOOP_ONCE) >= 0);
-    event_free(t);
-    return *flag;
-}
 
 /* ---- handlers --------------------------------------------------------- */
 
@@ -171,48 +92,6 @@ static void h_text(azc_http_req *r, void *arg)
     evbuffer_free(b);
 }
 
-static void on_defer_timer(evutil_socket_t fd, short what, void *arg)
-{
-    struct fixture *fx = arg;
-    azc_http_req *r = fx->deferred;
-    (void)fd;
-    (void)what;
-
-    fx->deferred = NULL;
-    azc_http_reply_json(r, 200, json_pack("{s:b}", "deferred", 1));
-}
-
-static void on_deferred_close(azc_http_req *r, void *arg)
-{
-    struct fixture *fx = arg;
-
-    if (r == fx->deferred)
-        fx->deferred = NULL;
-    fx->closed++;
-    event_del(fx->timer);
-}
-
-/* /v1/defer answers after 20 ms; /v1/hold never answers by itself. */
-static void h_defer(azc_http_req *r, void *arg)
-{
-    struct fixture *fx = arg;
-    struct timeval tv = { 0, 20000 };
-
-    fx->handler_calls++;
-    assert_int_equal(azc_http_req_defer(r, on_deferred_close, fx), AZC_OK);
-    fx->deferred = r;
-    if (strcmp(azc_http_req_route(r), "/v1/defer") == 0)
-        assert_int_equal(evtimer_add(fx->timer, &tv), 0);
-}
-
-static void h_defer_then_reply(azc_http_req *r, void *arg)
-{
-    (void)arg;
-    assert_int_equal(azc_http_req_defer(r, NULL, NULL), AZC_OK);
-    azc_http_reply_json(r, 200, json_pack("{s:s}", "now", "yes"));
-    assert_int_equal(azc_http_req_defer(r, NULL, NULL), AZC_ECONFLICT);
-}
-
 static int ready_cb(void *arg, azc_err *why)
 {
     struct fixture *fx = arg;
@@ -232,235 +111,18 @@ static const azc_http_route test_routes[] = {
     { AZC_HTTP_GET, "/v1/twice", h_twice, 0, 0 },
     { AZC_HTTP_GET, "/v1/noreply", h_noreply, 0, 0 },
     { AZC_HTTP_GET, "/v1/text", h_text, 0, 0 },
-    { AZC_HTTP_GET, "/v1/defer", h_defer, 0, 0 },
-    { AZC_HTTP_GET, "/v1/hold", h_defer, 0, 0 },
-    { AZC_HTTP_GET, "/v1/defer-now", h_defer_then_reply, 0, 0 },
 };
-
-/* ---- fixture ---------------------------------------------------------- */
 
 static int setup(void **state)
 {
-    struct fixture *fx = calloc(1, sizeof *fx);
-    azc_http_options opts = { 0 };
-    azc_err e;
-
-    assert_non_null(fx);
-    fx->base = event_base_new();
-    assert_non_null(fx->base);
-    fx->logf = open_memstream(&fx->logbuf, &fx->loglen);
-    assert_non_null(fx->logf);
-    fx->log = azc_log_new("test", AZC_LOG_DEBUG, fx->logf);
-    fx->m = azc_metrics_new();
-    assert_non_null(fx->log);
-    assert_non_null(fx->m);
-    opts.max_body_bytes = 4096;
-    opts.max_header_bytes = 8192;
-    opts.timeout_secs = 5;
-    opts.service = "test";
-    fx->h = azc_http_new(fx->base, &opts, fx->log, fx->m, &e);
-    assert_non_null(fx->h);
-    assert_int_equal(azc_http_add_routes(fx->h, test_routes,
-                                         sizeof test_routes / sizeof test_routes[0], fx),
-                     AZC_OK);
-    assert_int_equal(azc_http_bound_port(fx->h), -1);
-    assert_int_equal(azc_http_bind(fx->h, "127.0.0.1", 0, &e), AZC_OK);
-    fx->port = azc_http_bound_port(fx->h);
-    assert_true(fx->port > 0);
-    fx->timer = evtimer_new(fx->base, on_defer_timer, fx);
-    assert_non_null(fx->timer);
-    *state = fx;
+    *state = fixture_new(test_routes, sizeof test_routes / sizeof test_routes[0], NULL);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct fixture *fx = *state;
-
-    azc_http_free(fx->h);
-    event_free(fx->timer);
-    azc_metrics_free(fx->m);
-    azc_log_free(fx->log);
-    fclose(fx->logf);
-    free(fx->logbuf);
-    event_base_free(fx->base);
-    free(fx);
+    fixture_free(*state);
     return 0;
-}
-
-/* The access log so far, NUL-terminated (borrowed). */
-static const char *log_text(struct fixture *fx)
-{
-    fflush(fx->logf);
-    return fx->logbuf != NULL ? fx->logbuf : "";
-}
-
-/* ---- evhttp client ---------------------------------------------------- */
-
-static void copy_header(struct evkeyvalq *hs, const char *name, char *out, size_t len)
-{
-    const char *v = evhttp_find_header(hs, name);
-
-    snprintf(out, len, "%s", v != NULL ? v : "");
-}
-
-static void on_response(struct evhttp_request *req, void *arg)
-{
-    struct response *resp = arg;
-    struct evkeyvalq *hs;
-    struct evbuffer *in;
-
-    resp->done = 1;
-    if (req == NULL)
-        return;
-    resp->status = evhttp_request_get_response_code(req);
-    hs = evhttp_request_get_input_headers(req);
-    copy_header(hs, "Content-Type", resp->content_type, sizeof resp->content_type);
-    copy_header(hs, "X-Request-Id", resp->request_id, sizeof resp->request_id);
-    copy_header(hs, "Allow", resp->allow, sizeof resp->allow);
-    copy_header(hs, "Content-Length", resp->content_length, sizeof resp->content_length);
-    in = evhttp_request_get_input_buffer(req);
-    resp->body_len = evbuffer_get_length(in);
-    resp->body = malloc(resp->body_len + 1);
-    assert_non_null(resp->body);
-    assert_int_equal(evbuffer_remove(in, resp->body, resp->body_len), (int)resp->body_len);
-    resp->body[resp->body_len] = '\0';
-    resp->json = json_loads(resp->body, JSON_DECODE_ANY, NULL);
-}
-
-/* One request on a fresh connection; returns when the response is in. */
-static void request_full(struct fixture *fx, enum evhttp_cmd_type method, const char *uri,
-                         const char *content_type, const char *body, size_t body_len,
-                         const char *request_id, struct response *resp)
-{
-    struct evhttp_connection *conn;
-    struct evhttp_request *req;
-    struct evkeyvalq *hs;
-
-    memset(resp, 0, sizeof *resp);
-    conn = evhttp_connection_base_new(fx->base, NULL, "127.0.0.1", (unsigned short)fx->port);
-    assert_non_null(conn);
-    req = evhttp_request_new(on_response, resp);
-    assert_non_null(req);
-    hs = evhttp_request_get_output_headers(req);
-    assert_int_equal(evhttp_add_header(hs, "Host", "localhost"), 0);
-    if (content_type != NULL)
-        assert_int_equal(evhttp_add_header(hs, "Content-Type", content_type), 0);
-    if (request_id != NULL)
-        assert_int_equal(evhttp_add_header(hs, "X-Request-Id", request_id), 0);
-    if (body != NULL)
-        assert_int_equal(evbuffer_add(evhttp_request_get_output_buffer(req), body, body_len), 0);
-    assert_int_equal(evhttp_make_request(conn, req, method, uri), 0);
-    assert_true(run_until(fx->base, &resp->done, DEADLINE_SECS));
-    evhttp_connection_free(conn);
-}
-
-static void request(struct fixture *fx, enum evhttp_cmd_type method, const char *uri,
-                    const char *content_type, const char *body, struct response *resp)
-{
-    request_full(fx, method, uri, content_type, body, body != NULL ? strlen(body) : 0, NULL,
-                 resp);
-}
-
-static void assert_error(const struct response *resp, int status, const char *code)
-{
-    json_t *err;
-
-    assert_int_equal(resp->status, status);
-    assert_string_equal(resp->content_type, "application/json");
-    assert_non_null(resp->json);
-    err = json_object_get(resp->json, "error");
-    assert_true(json_is_object(err));
-    assert_int_equal(json_object_size(err), 2);
-    assert_string_equal(json_string_value(json_object_get(err, "code")), code);
-    assert_true(json_is_string(json_object_get(err, "message")));
-}
-
-static const char *jstr(const struct response *resp, const char *key)
-{
-    return json_string_value(json_object_get(resp->json, key));
-}
-
-/* ---- raw socket client ------------------------------------------------ */
-
-static int raw_connect(struct fixture *fx)
-{
-    struct sockaddr_in sin;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    assert_true(fd >= 0);
-    memset(&sin, 0, sizeof sin);
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons((uint16_t)fx->port);
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    /* Loopback connects complete from the listen backlog, before the
-     * server has run. */
-    assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof sin), 0);
-    return fd;
-}
-
-static void raw_send(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-
-        assert_true(n > 0);
-        data += n;
-        len -= (size_t)n;
-    }
-}
-
-struct raw_reader {
-    struct evbuffer *in;
-    int done;
-};
-
-static void on_raw_readable(evutil_socket_t fd, short what, void *arg)
-{
-    struct raw_reader *rr = arg;
-    int n;
-    (void)what;
-
-    n = evbuffer_read(rr->in, fd, 4096);
-    if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR)))
-        rr->done = 1;
-}
-
-/* Reads until the peer closes (requests are sent with Connection: close);
- * returns the whole response as a string (caller frees). */
-static char *raw_read_all(struct fixture *fx, int fd)
-{
-    struct raw_reader rr = { evbuffer_new(), 0 };
-    struct event *ev;
-    size_t n;
-    char *s;
-
-    assert_non_null(rr.in);
-    assert_int_equal(evutil_make_socket_nonblocking(fd), 0);
-    ev = event_new(fx->base, fd, EV_READ | EV_PERSIST, on_raw_readable, &rr);
-    assert_non_null(ev);
-    assert_int_equal(event_add(ev, NULL), 0);
-    assert_true(run_until(fx->base, &rr.done, DEADLINE_SECS));
-    event_free(ev);
-    n = evbuffer_get_length(rr.in);
-    s = malloc(n + 1);
-    assert_non_null(s);
-    assert_int_equal(evbuffer_remove(rr.in, s, n), (int)n);
-    s[n] = '\0';
-    evbuffer_free(rr.in);
-    return s;
-}
-
-/* Sends `req` on a new connection and returns the raw response. */
-static char *raw_exchange(struct fixture *fx, const char *req, size_t len)
-{
-    int fd = raw_connect(fx);
-    char *resp;
-
-    raw_send(fd, req, len);
-    resp = raw_read_all(fx, fd);
-    close(fd);
-    return resp;
 }
 
 /* ---- tests ------------------------------------------------------------ */
@@ -569,22 +231,6 @@ static void test_method_not_allowed(void **state)
     request(fx, EVHTTP_REQ_DELETE, "/v1/teams/t1", NULL, NULL, &resp);
     assert_int_equal(resp.status, 200);
     response_clear(&resp);
-}
-
-static void test_method_not_implemented(void **state)
-{
-    struct fixture *fx = *state;
-    static const char opt[] = "OPTIONS /v1/teams/t1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    static const char odd[] = "BREW /v1/teams/t1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    char *resp;
-
-    /* Methods outside the allowed set never reach the dispatcher. */
-    resp = raw_exchange(fx, opt, sizeof opt - 1);
-    assert_memory_equal(resp, "HTTP/1.1 501 ", 13);
-    free(resp);
-    resp = raw_exchange(fx, odd, sizeof odd - 1);
-    assert_memory_equal(resp, "HTTP/1.1 501 ", 13);
-    free(resp);
 }
 
 static void test_payload_too_large(void **state)
@@ -933,113 +579,6 @@ static void test_no_registry(void **state)
     azc_http_free(h);
     fx->port = saved;
 }
-
-static void test_deferred_reply(void **state)
-{
-    struct fixture *fx = *state;
-    struct response resp;
-
-    request(fx, EVHTTP_REQ_GET, "/v1/defer", NULL, NULL, &resp);
-    assert_int_equal(fx->handler_calls, 1);
-    assert_int_equal(resp.status, 200);
-    assert_true(json_is_true(json_object_get(resp.json, "deferred")));
-    assert_int_equal(strlen(resp.request_id), 32);
-    assert_null(fx->deferred);
-    assert_int_equal(fx->closed, 0);
-    response_clear(&resp);
-
-    /* Deferring and replying inside the handler is fine too. */
-    request(fx, EVHTTP_REQ_GET, "/v1/defer-now", NULL, NULL, &resp);
-    assert_int_equal(resp.status, 200);
-    assert_string_equal(jstr(&resp, "now"), "yes");
-    response_clear(&resp);
-}
-
-static void disconnect_while_deferred(struct fixture *fx, int reset)
-{
-    static const char req[] = "GET /v1/hold HTTP/1.1\r\nHost: x\r\n\r\n";
-    int fd = raw_connect(fx), calls = fx->handler_calls + 1, handled = 0;
-    struct response resp;
-
-    raw_send(fd, req, sizeof req - 1);
-    while (!handled) {
-        assert_true(event_base_loop(fx->base, EVLOOP_ONCE) >= 0);
-        handled = fx->handler_calls == calls;
-    }
-    assert_non_null(fx->deferred);
-    if (reset) {
-        struct linger lg = { 1, 0 };
-
-        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-    }
-    close(fd);
-    assert_true(run_until(fx->base, &fx->closed, DEADLINE_SECS));
-    assert_int_equal(fx->closed, 1);
-    assert_null(fx->deferred);
-    assert_non_null(strstr(log_text(fx), "\"msg\":\"client closed request\""));
-    assert_non_null(strstr(log_text(fx), "\"status\":499"));
-
-    /* Still serving. */
-    request(fx, EVHTTP_REQ_GET, "/healthz", NULL, NULL, &resp);
-    assert_int_equal(resp.status, 200);
-    response_clear(&resp);
-}
-
-static void test_deferred_client_closes(void **state)
-{
-    disconnect_while_deferred(*state, 0);
-}
-
-static void test_deferred_client_resets(void **state)
-{
-    disconnect_while_deferred(*state, 1);
-}
-
-static void test_deferred_pending_at_free(void **state)
-{
-    struct fixture *fx = *state;
-    static const char req[] = "GET /v1/hold HTTP/1.1\r\nHost: x\r\n\r\n";
-    int fd = raw_connect(fx), handled = 0;
-
-    raw_send(fd, req, sizeof req - 1);
-    while (!handled) {
-        assert_true(event_base_loop(fx->base, EVLOOP_ONCE) >= 0);
-        handled = fx->handler_calls == 1;
-    }
-    azc_http_free(fx->h);
-    fx->h = NULL;
-    assert_int_equal(fx->closed, 1);
-    assert_null(fx->deferred);
-    close(fd);
-}
-
-/* A client that pipelines a second request behind a deferred one is alive:
- * the watch must not take the new bytes for a disconnect. */
-static void test_deferred_pipelined(void **state)
-{
-    struct fixture *fx = *state;
-    static const char first[] = "GET /v1/defer HTTP/1.1\r\nHost: x\r\n\r\n";
-    static const char second[] = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    int fd = raw_connect(fx), handled = 0;
-    char *raw, *next;
-
-    raw_send(fd, first, sizeof first - 1);
-    while (!handled) {
-        assert_true(event_base_loop(fx->base, EVLOOP_ONCE) >= 0);
-        handled = fx->handler_calls == 1;
-    }
-    raw_send(fd, second, sizeof second - 1);   /* before the 20 ms reply */
-    raw = raw_read_all(fx, fd);
-    close(fd);
-    assert_int_equal(fx->closed, 0);
-    assert_memory_equal(raw, "HTTP/1.1 200 ", 13);
-    assert_non_null(strstr(raw, "{\"deferred\":true}"));
-    next = strstr(raw + 1, "HTTP/1.1 200 ");
-    assert_non_null(next);
-    assert_non_null(strstr(next, "{\"status\":\"ok\"}"));
-    free(raw);
-}
-
 static void test_double_reply(void **state)
 {
     struct fixture *fx = *state;
@@ -1155,7 +694,6 @@ int main(void)
         T(test_invalid_path),
         T(test_not_found),
         T(test_method_not_allowed),
-        T(test_method_not_implemented),
         T(test_payload_too_large),
         T(test_unsupported_media_type),
         T(test_invalid_json),
@@ -1167,11 +705,6 @@ int main(void)
         T(test_probes),
         T(test_metrics_endpoint),
         T(test_no_registry),
-        T(test_deferred_reply),
-        T(test_deferred_client_closes),
-        T(test_deferred_client_resets),
-        T(test_deferred_pending_at_free),
-        T(test_deferred_pipelined),
         T(test_double_reply),
         T(test_handler_without_reply),
         T(test_raw_reply_and_headers),

@@ -1,5 +1,6 @@
 /* Unit tests: strict JWT verification (alg pinning, none, key confusion,
- * exp/nbf/iss/aud), key-set loading, malformed tokens. Keys are generated
+ * exp/nbf/iss/aud), duplicate members, NumericDates, the lifetime bound,
+ * key-set loading, malformed tokens. Keys are generated
  * per run with OpenSSL into a temp directory. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -126,7 +127,7 @@ static char *sign(const char *alg, const char *key, size_t len, const char *kid,
 
 static int verify(struct fixture *fx, const char *tok, azc_err *e)
 {
-    azc_jwt_policy p = { ISS, AUD, 30, NOW };
+    azc_jwt_policy p = { ISS, AUD, 30, NOW, 0 };
     json_t *c = NULL;
     int rc;
 
@@ -370,7 +371,7 @@ static void test_single_key_without_kid(void **state)
 {
     struct fixture *fx = *state;
     json_t *spec = json_pack("[{s:s,s:s,s:s}]", "kid", "only", "alg", "ES256", "file", "ec.pub");
-    azc_jwt_policy p = { ISS, AUD, 0, NOW };
+    azc_jwt_policy p = { ISS, AUD, 0, NOW, 0 };
     azc_jwt_keys *ks;
     char *t;
     azc_err e;
@@ -387,7 +388,7 @@ static void test_cache(void **state)
 {
     struct fixture *fx = *state;
     azc_jwt_cache *c = azc_jwt_cache_new(8);
-    azc_jwt_policy p = { ISS, AUD, 0, NOW };
+    azc_jwt_policy p = { ISS, AUD, 0, NOW, 0 };
     json_t *spec = json_pack("[{s:s,s:s,s:s}]", "kid", "hs1", "alg", "HS256", "file", "hmac.key");
     azc_jwt_keys *rotated;
     json_t *cl = NULL;
@@ -432,6 +433,151 @@ static void test_cache(void **state)
     azc_jwt_cache_free(NULL);
 }
 
+/* A token over the exact payload text (HS256, kid hs1), so duplicate
+ * members reach the verifier byte for byte. */
+static char *raw_token(const char *header, const char *payload)
+{
+    char *h = b64url((const unsigned char *)header, strlen(header));
+    char *p = b64url((const unsigned char *)payload, strlen(payload));
+    char *tok = malloc(strlen(h) + strlen(p) + 200), *sig;
+    unsigned char mac[64];
+    unsigned int maclen = 0;
+
+    sprintf(tok, "%s.%s", h, p);
+    assert_non_null(HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (unsigned char *)tok,
+                         strlen(tok), mac, &maclen));
+    sig = b64url(mac, maclen);
+    strcat(tok, ".");
+    strcat(tok, sig);
+    free(sig);
+    free(h);
+    free(p);
+    return tok;
+}
+
+#define HS_HEADER "{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"hs1\"}"
+
+/* Each registered claim and the admin claim given twice: refused, whichever
+ * copy comes last. libjwt alone keeps the last one. */
+static void test_duplicate_claims_rejected(void **state)
+{
+    struct fixture *fx = *state;
+    char base[256], dup[512], *t;
+    const char *cases[][2] = {
+        { "exp", "%lld" }, { "nbf", "%lld" }, { "iat", "%lld" },
+        { "iss", "\"" ISS "\"" }, { "aud", "\"" AUD "\"" }, { "sub", "\"alice\"" },
+        { "jti", "\"j1\"" }, { "authz_admin", "true" },
+    };
+    size_t i;
+    azc_err e;
+
+    snprintf(base, sizeof base, "\"iss\":\"%s\",\"aud\":\"%s\",\"sub\":\"alice\",\"iat\":%lld,"
+             "\"exp\":%lld", ISS, AUD, (long long)NOW, (long long)NOW + 300);
+    /* the control: the same builder without a duplicate passes */
+    snprintf(dup, sizeof dup, "{%s,\"authz_admin\":false}", base);
+    t = raw_token(HS_HEADER, dup);
+    assert_int_equal(verify(fx, t, &e), AZC_OK);
+    free(t);
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char val[64];
+
+        snprintf(val, sizeof val, cases[i][1], (long long)NOW + 100);
+        /* "exp":<past> last, and "authz_admin":false,...,true */
+        snprintf(dup, sizeof dup, "{%s,\"%s\":%s,\"%s\":%s}", base, cases[i][0],
+                 strcmp(cases[i][0], "authz_admin") == 0 ? "false" : val, cases[i][0],
+                 strcmp(cases[i][0], "exp") == 0 ? "1" : val);
+        t = raw_token(HS_HEADER, dup);
+        assert_int_equal(verify(fx, t, &e), AZC_EINVAL);
+        if (strstr(e.msg, "duplicate") == NULL)
+            fail_msg("claim %s: \"%s\"", cases[i][0], e.msg);
+        free(t);
+    }
+    /* "exp":<past>,"exp":<future>: the libjwt copy would say valid */
+    snprintf(dup, sizeof dup, "{\"iss\":\"%s\",\"aud\":\"%s\",\"sub\":\"alice\",\"exp\":%lld,"
+             "\"exp\":%lld}", ISS, AUD, (long long)NOW - 1000, (long long)NOW + 300);
+    t = raw_token(HS_HEADER, dup);
+    assert_int_equal(verify(fx, t, &e), AZC_EINVAL);
+    free(t);
+    /* a duplicate inside a nested object, and in the header */
+    snprintf(dup, sizeof dup, "{%s,\"x\":{\"a\":1,\"a\":2}}", base);
+    t = raw_token(HS_HEADER, dup);
+    assert_int_equal(verify(fx, t, &e), AZC_EINVAL);
+    free(t);
+    snprintf(dup, sizeof dup, "{%s}", base);
+    t = raw_token("{\"alg\":\"HS256\",\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"hs1\"}", dup);
+    assert_int_equal(verify(fx, t, &e), AZC_EINVAL);
+    free(t);
+}
+
+/* RFC 7519 NumericDate may be non-integer. */
+static void test_numeric_dates(void **state)
+{
+    struct fixture *fx = *state;
+    char payload[256], *t;
+    azc_err e;
+    const struct { const char *exp, *nbf; int ok; const char *why; } cases[] = {
+        { "%lld.5", NULL, 1, NULL },
+        { "%lld.5e0", "1.5", 1, NULL },
+        { "-100.25", NULL, 0, "expired" },
+        { "%lld.5", "1e10", 0, "not valid yet" },
+        { "\"soon\"", NULL, 0, "not a number" },
+        { "%lld", "\"now\"", 0, "nbf claim is not a number" },
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char exp[32], nbf[64] = "";
+
+        snprintf(exp, sizeof exp, cases[i].exp, (long long)NOW + 300);
+        if (cases[i].nbf != NULL)
+            snprintf(nbf, sizeof nbf, ",\"nbf\":%s", cases[i].nbf);
+        snprintf(payload, sizeof payload,
+                 "{\"iss\":\"%s\",\"aud\":\"%s\",\"sub\":\"alice\",\"exp\":%s%s}", ISS, AUD, exp,
+                 nbf);
+        t = raw_token(HS_HEADER, payload);
+        assert_int_equal(verify(fx, t, &e), cases[i].ok ? AZC_OK : AZC_EINVAL);
+        if (!cases[i].ok && strstr(e.msg, cases[i].why) == NULL)
+            fail_msg("case %zu: \"%s\" lacks \"%s\"", i, e.msg, cases[i].why);
+        free(t);
+    }
+}
+
+static void test_max_lifetime(void **state)
+{
+    struct fixture *fx = *state;
+    azc_jwt_policy p = { ISS, AUD, 30, NOW, 0 };
+    struct { long long iat, exp; long long max; int ok; } cases[] = {
+        { NOW, NOW + 86400, 0, 1 },                 /* exactly the 24 h default */
+        { NOW, NOW + 86401, 0, 0 },
+        { NOW - 86000, NOW + 401, 0, 0 },           /* counted from iat, not now */
+        { -1, NOW + 86400, 0, 1 },                  /* no iat: from now */
+        { -1, NOW + 90000, 0, 0 },
+        { NOW + 10 * 86400, NOW + 10 * 86400 + 1, 0, 0 },   /* a future iat is not trusted */
+        { NOW, NOW + 300, 600, 1 },
+        { NOW, NOW + 700, 600, 0 },
+    };
+    size_t i;
+    azc_err e;
+
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *c = json_pack("{s:s, s:s, s:s, s:I}", "iss", ISS, "aud", AUD, "sub", "alice",
+                              "exp", (json_int_t)cases[i].exp);
+        char *t;
+        int rc;
+
+        if (cases[i].iat >= 0)
+            assert_int_equal(json_object_set_new(c, "iat", json_integer(cases[i].iat)), 0);
+        t = sign("HS256", SECRET, strlen(SECRET), "hs1", c);
+        p.max_lifetime_secs = cases[i].max;
+        rc = azc_jwt_verify(fx->keys, t, &p, NULL, &e);
+        if (rc != (cases[i].ok ? AZC_OK : AZC_EINVAL))
+            fail_msg("case %zu: rc %d (%s)", i, rc, e.msg);
+        if (!cases[i].ok)
+            assert_non_null(strstr(e.msg, "lifetime"));
+        free(t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -444,6 +590,9 @@ int main(void)
         cmocka_unit_test(test_key_loading_errors),
         cmocka_unit_test(test_single_key_without_kid),
         cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_duplicate_claims_rejected),
+        cmocka_unit_test(test_numeric_dates),
+        cmocka_unit_test(test_max_lifetime),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -71,6 +71,33 @@ static void test_texts(void **state)
     assert_false(id_text_valid("abc", 2, 0));
 }
 
+/* Names that look blank or hide characters are refused. */
+static void test_hidden_characters(void **state)
+{
+    static const char *const bad[] = {
+        " ", "   \t", "\xc2\xa0\xe3\x80\x80",         /* blank: spaces, NBSP, ideographic */
+        "tab\there", "del\x7f", "c1\xc2\x85" "x",           /* C0, DEL, C1 (NEL) */
+        "evil\xe2\x80\xaetxt.exe",                    /* U+202E right-to-left override */
+        "zero\xe2\x80\x8b" "width",                       /* U+200B zero width space */
+        "join\xe2\x80\x8d", "\xef\xbb\xbf" "bom",         /* U+200D, U+FEFF */
+        "soft\xc2\xadhyphen", "word\xe2\x81\xa0joiner", /* U+00AD, U+2060 */
+        "iso\xe2\x81\xa6late", "arabic\xd8\x9c" "mark",     /* U+2066, U+061C */
+        "mongolian\xe1\xa0\x8e", "tag\xf3\xa0\x80\x81",  /* U+180E, U+E0001 */
+    };
+    size_t i;
+    (void)state;
+
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_false(id_text_valid(bad[i], 100, 0));
+    }
+    /* Descriptions may be empty or blank, but not hide characters. */
+    assert_true(id_text_valid("  ", 100, 1));
+    assert_false(id_text_valid("a\xe2\x80\xae" "b", 100, 1));
+    /* Visible text outside ASCII stays fine. */
+    assert_true(id_text_valid(" padded name ", 100, 0));
+    assert_true(id_text_valid("\xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80", 100, 0));
+}
+
 static void test_permission_lists(void **state)
 {
     json_t *ok = json_pack("[s,s,s]", "doc:read", "doc:*", "*");
@@ -107,6 +134,7 @@ int main(void)
         cmocka_unit_test(test_permissions),
         cmocka_unit_test(test_resources),
         cmocka_unit_test(test_texts),
+        cmocka_unit_test(test_hidden_characters),
         cmocka_unit_test(test_permission_lists),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,12 +1,22 @@
 """The change feed: a follower sees every change once and in order, the
-long poll waits without blocking the server, expired cursors get 410."""
+long poll waits without blocking the server, expired cursors get 410, and
+waiters are answered by one read per wake-up (fan-out), watermark changes
+waking only those that asked for them."""
+import http.client
 import json
+import os
+import re
+import select
+import subprocess
 import threading
 import time
+import uuid
+from urllib.parse import urlencode
 
+import pytest
 import requests
 
-from conftest import Authz, wait_until
+from conftest import BIN, Authz, wait_until
 
 
 def key(kind, row):
@@ -91,7 +101,7 @@ def test_long_poll_waits_without_blocking(authz):
 
     t = threading.Thread(target=poll)
     t.start()
-    time.sleep(0.2)   # let the poll start waiting (not a wait for a result)
+    wait_until(lambda: metric(authz, "authz_feed_waiters") >= 1, 10, "the poll to wait")
     for _ in range(5):
         t0 = time.monotonic()
         authz.check("nobody", "doc:read", "doc/1")
@@ -129,3 +139,160 @@ def test_bad_and_expired_cursors(cluster, workdir, identity, admin):
         assert small.get(f"/v1/policy/changes?after={cur}").status_code == 200
     finally:
         small.stop()
+
+
+# ---- fan-out: one read per wake-up, shared by every waiter -------------------
+#
+# These run against a server of their own whose topic has no producer, so no
+# heartbeat moves its watermarks: every wake-up is one the test caused, and
+# the feed metrics count exactly what it did.
+
+@pytest.fixture(scope="module")
+def quiet(cluster, workdir):
+    topic = f"feed-quiet.{uuid.uuid4().hex[:8]}"
+    subprocess.run([os.path.join(BIN, "authz-kafka-admin"), "create-topics", "--bootstrap",
+                    cluster["KAFKA_BOOTSTRAP"], topic], check=True, capture_output=True)
+    svc = Authz(cluster, workdir, topic, "quiet").start()
+    yield svc
+    svc.stop()
+
+
+def metric(server, name, **labels):
+    """Sum of the series of `name` whose labels include `labels` (0 while
+    the family has none yet)."""
+    total, found = 0.0, False
+    for line in server.get("/metrics").text.splitlines():
+        if line == f"# TYPE {name} counter" or line == f"# TYPE {name} gauge":
+            found = True
+        m = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    assert found, f"no metric {name}{labels}"
+    return total
+
+
+class Poll:
+    """One long poll on a connection of its own: sent now, read later."""
+
+    def __init__(self, server, **params):
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        self.conn.request("GET", "/v1/policy/changes?" + urlencode(params))
+        self.t0 = time.monotonic()
+
+    def answered(self):
+        """True once the answer (or a close) is readable, without reading it."""
+        return bool(select.select([self.conn.sock], [], [], 0)[0])
+
+    def result(self):
+        r = self.conn.getresponse()
+        raw = r.read()
+        self.elapsed = time.monotonic() - self.t0
+        self.conn.close()
+        return r.status, raw, json.loads(raw)
+
+
+def waiters(server, n):
+    wait_until(lambda: metric(server, "authz_feed_waiters") == n, 30, f"{n} waiting polls")
+
+
+def add_users(server, n):
+    """Commits n users in one transaction: n feed rows, one notification."""
+    server.sql("INSERT INTO authz.users (user_id, subject, hlc, origin, origin_seq)"
+               f" SELECT gen_random_uuid(), 'fan' || g, 1, 'zz', g FROM generate_series(1, {n}) g")
+
+
+def head(server):
+    return int(server.sql("SELECT last_seq FROM authz.feed_state"))
+
+
+def test_many_waiters_share_one_read(quiet):
+    cur = head(quiet)
+    polls = [Poll(quiet, after=cur, wait=30000) for _ in range(200)]
+    waiters(quiet, 200)
+    reads = metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"})
+    add_users(quiet, 1)
+    answers = [p.result() for p in polls]
+    assert all(status == 200 for status, _, _ in answers), answers[0]
+    assert len({raw for _, raw, _ in answers}) == 1, "waiters on one cursor got different bodies"
+    body = answers[0][2]
+    assert [c["seq"] for c in body["changes"]] == [cur + 1]
+    assert body["changes"][0]["row"]["subject"] == "fan1"
+    assert body["cursor"] == str(cur + 1) and body["more"] is False and "watermarks" in body
+    # One read per worker (two workers) for 200 waiters, not one per waiter.
+    assert metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"}) - reads <= 2
+    waiters(quiet, 0)
+
+
+def test_waiters_on_different_cursors_get_their_own_rows(quiet):
+    # While the LISTEN connections are down, commits wake nobody, so waiters
+    # pile up on different cursors; the reconnect wakes them all at once.
+    c0 = head(quiet)
+    first = Poll(quiet, after=c0, wait=30000)
+    waiters(quiet, 1)
+    quiet.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+              " WHERE application_name = 'authz-feed'")
+    add_users(quiet, 2)
+    second = Poll(quiet, after=c0 + 2, wait=30000)
+    add_users(quiet, 1)
+    s1, _, b1 = first.result()
+    s2, _, b2 = second.result()
+    assert s1 == 200 and s2 == 200, (b1, b2)
+    assert [c["seq"] for c in b1["changes"]] in ([c0 + 1, c0 + 2], [c0 + 1, c0 + 2, c0 + 3])
+    assert b1["cursor"] == str(b1["changes"][-1]["seq"]) and b1["more"] is False
+    assert [c["seq"] for c in b2["changes"]] == [c0 + 3]
+    assert b2["cursor"] == str(c0 + 3) and b2["more"] is False
+
+    def listening_again():
+        p = Poll(quiet, after=head(quiet), wait=30000)
+        waiters(quiet, 1)
+        add_users(quiet, 1)
+        return p.result()[0] == 200 and p.elapsed < 5
+    wait_until(listening_again, 30, "the LISTEN connections to come back")
+
+
+def test_watermark_change_wakes_only_watermark_waiters(quiet):
+    cur = head(quiet)
+    plain = Poll(quiet, after=cur, wait=4000)
+    wm = Poll(quiet, after=cur, wait=30000, watermarks=1)
+    waiters(quiet, 2)
+    reads = metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"})
+    quiet.sql("INSERT INTO authz.watermarks (origin, applied_hlc, known_hlc) VALUES ('zz', 5, 7)"
+              " ON CONFLICT (origin) DO UPDATE SET applied_hlc = 5, known_hlc = 7;"
+              " SELECT pg_notify('authz_watermarks', '')")
+    status, _, body = wm.result()
+    assert status == 200, body
+    assert body == {"changes": [], "cursor": str(cur), "more": False,
+                    "watermarks": {**body["watermarks"], "zz": {"applied": 5, "known": 7}}}
+    assert not plain.answered(), "a waiter without watermarks=1 was woken by watermarks"
+    # Only the worker holding the watermark waiter read the feed, once.
+    assert metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"}) - reads == 1
+    status, _, body = plain.result()
+    assert status == 200 and plain.elapsed >= 3.5, (status, plain.elapsed)
+    assert body["changes"] == [] and body["cursor"] == str(cur) and body["more"] is False
+    assert body["watermarks"]["zz"] == {"applied": 5, "known": 7}
+
+
+def test_waiters_keep_limit_and_gone_semantics(quiet):
+    cur = head(quiet)
+    polls = {n: Poll(quiet, after=cur, wait=30000, limit=n) for n in (1, 3, 1000)}
+    waiters(quiet, 3)
+    reads = metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"})
+    add_users(quiet, 5)
+    got = {n: p.result() for n, p in polls.items()}
+    for n, more in ((1, True), (3, True), (1000, False)):
+        status, _, body = got[n]
+        assert status == 200, body
+        k = min(n, 5)
+        assert [c["seq"] for c in body["changes"]] == list(range(cur + 1, cur + 1 + k))
+        assert body["cursor"] == str(cur + k) and body["more"] is more
+        # Watermarks only with an answer the limit did not cut.
+        assert ("watermarks" in body) is (not more)
+    assert metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"}) - reads <= 2
+    for after in (head(quiet) + 1000, 999999999):
+        p = Poll(quiet, after=after, wait=5000)
+        status, _, body = p.result()
+        assert status == 410 and body["error"]["code"] == "cursor_expired", body
+        assert p.elapsed < 3

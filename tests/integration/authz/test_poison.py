@@ -1,6 +1,7 @@
 """Poison messages in the identity topic go to the dead-letter table with
 their bytes and a reason; consumption goes on and nothing else changes."""
 import json
+import time
 import uuid
 
 from confluent_kafka import Producer
@@ -74,8 +75,9 @@ def test_duplicates_are_skipped_and_a_gap_stops(cluster, workdir):
                     cluster["KAFKA_BOOTSTRAP"], topic], check=True, capture_output=True)
     uid = str(uuid.uuid4())
     user = {"id": uid, "subject": "gap-user"}
-    msgs = [envelope(type="user.created", seq=1, hlc=(1 << 40) + 1, data=user),
-            envelope(type="user.created", seq=1, hlc=(1 << 40) + 1, data=user),   # resent
+    first = envelope(type="user.created", seq=1, hlc=(1 << 40) + 1, data=user)
+    msgs = [first,
+            first,                                                              # resent
             envelope(type="heartbeat", seq=1, hlc=(1 << 40) + 2, data={}),
             envelope(type="team.created", seq=3, hlc=(1 << 40) + 3,
                      data={"id": str(uuid.uuid4())})]                           # seq 2 lost
@@ -94,8 +96,8 @@ def test_duplicates_are_skipped_and_a_gap_stops(cluster, workdir):
             try:
                 return requests.get(az.url + "/v1/status", timeout=1).json()["consumer"][
                     "state"] == "stopped"
-            except (requests.RequestException, ValueError):
-                return False
+            except (requests.RequestException, ValueError, KeyError):
+                return False    # KeyError: an error body while a worker connects
         wait_until(stopped, 60, "the consumer to stop on the gap")
         st = az.status()
         assert "gap" in st["consumer"]["error"] and "seq 3 after 1" in st["consumer"]["error"]
@@ -109,3 +111,94 @@ def test_duplicates_are_skipped_and_a_gap_stops(cluster, workdir):
         assert [u["subject"] for u in az.snapshot()["users"]] == ["gap-user"]
     finally:
         az.stop()
+
+
+def _server_on_new_topic(cluster, workdir, name, extra=None):
+    import os
+    import subprocess
+
+    from conftest import BIN, Authz
+    topic = f"identity-test.{name}{uuid.uuid4().hex[:8]}"
+    subprocess.run([os.path.join(BIN, "authz-kafka-admin"), "create-topics", "--bootstrap",
+                    cluster["KAFKA_BOOTSTRAP"], topic], check=True, capture_output=True)
+    return topic, Authz(cluster, workdir, topic, name, extra=extra)
+
+
+def test_a_dead_letter_that_cannot_be_stored_stops_visibly(cluster, workdir):
+    import requests
+
+    from conftest import wait_until
+    topic, az = _server_on_new_topic(cluster, workdir, "dlfail",
+                                     {"consumer": {"stall_ms": 600000}})
+    az.start()
+    try:
+        # Every attempt to store a dead letter draws from a sequence (not
+        # rolled back), then fails.
+        az.sql("CREATE SEQUENCE public.dl_attempts;"
+               " CREATE FUNCTION public.refuse_dl() RETURNS trigger LANGUAGE plpgsql AS"
+               " $$BEGIN PERFORM nextval('public.dl_attempts');"
+               " RAISE EXCEPTION 'dead letters refused by test'; END$$;"
+               " CREATE TRIGGER refuse_dl BEFORE INSERT ON authz.dead_letters"
+               " FOR EACH ROW EXECUTE FUNCTION public.refuse_dl()")
+        p = Producer({"bootstrap.servers": cluster["KAFKA_BOOTSTRAP"]})
+        p.produce(topic, value=b"{not json")
+        assert p.flush(30) == 0
+
+        def stopped():
+            return az.status()["consumer"]["state"] == "stopped"
+        wait_until(stopped, 30, "the consumer to stop")
+        c = az.status()["consumer"]
+        assert "dead letter" in c["error"] and "refused by test" in c["error"], c
+        assert c["next_offset"] == -1                   # the message is not consumed
+        r = requests.get(az.url + "/readyz", timeout=5)
+        assert r.status_code == 503 and "dead letter" in r.text
+        assert "authz_consumer_stopped 1" in requests.get(az.url + "/metrics", timeout=5).text
+        # Not a loop: over a second (five retry periods of the old loop)
+        # there is no further attempt and it stays stopped.
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            assert az.sql("SELECT last_value FROM public.dl_attempts") == "1"
+            assert az.status()["consumer"]["state"] == "stopped"
+        assert az.status()["dead_letters"] == 0
+    finally:
+        az.stop()
+
+
+def test_kafka_errors_go_to_the_json_log(cluster, workdir):
+    """librdkafka's own lines are JSON log lines; an unreachable broker
+    makes the server not ready (no message) instead of silently waiting."""
+    import json as _json
+    import os
+    import subprocess
+
+    import requests
+
+    from conftest import BIN, Authz, free_port, wait_until
+    az = Authz(cluster, workdir, "identity-test.nobroker", "nobroker",
+               extra={"kafka": {"bootstrap": f"127.0.0.1:{free_port()}"},
+                      "consumer": {"stall_ms": 500}})
+    logf = open(az.log, "a")
+    az.proc = subprocess.Popen([os.path.join(BIN, "authz-server"), "--config", az.conf],
+                               stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+    logf.close()
+    try:
+        def kafka_logged():
+            return any("kafka" in line and "Connect to" in line for line in open(az.log))
+        wait_until(kafka_logged, 30, "librdkafka's connection error in the log")
+
+        def not_ready():
+            try:
+                r = requests.get(az.url + "/readyz", timeout=1)
+                return r.status_code == 503 and "no message" in r.text
+            except requests.RequestException:
+                return False
+        wait_until(not_ready, 30, "readyz 503 on no message")
+        c = az.status()["consumer"]
+        assert c["state"] == "stalled" and "last kafka error" in c["error"], c
+    finally:
+        az.stop()
+    lines = [line for line in open(az.log).read().splitlines() if line.strip()]
+    assert not [line for line in lines if line.startswith("%")]
+    for line in lines:
+        rec = _json.loads(line)
+        assert rec["component"] == "authz"

@@ -136,20 +136,25 @@ class Identity:
                         self.cluster["KAFKA_BOOTSTRAP"], self.topic], check=True,
                        capture_output=True)
 
-    def start(self):
+    def start(self, ready=True):
+        """Starts the process and, with the API, waits until /readyz answers
+        200 (ready=False: until /healthz does, for a service expected to
+        start unready)."""
         logf = open(self.log, "a")
         self.proc = subprocess.Popen([os.path.join(BIN, "authz-identity"), "--config", self.conf],
                                      stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
         logf.close()
         if self.api:
-            def ready():
+            probe = "/readyz" if ready else "/healthz"
+
+            def up():
                 if self.proc.poll() is not None:
                     raise AssertionError(f"authz-identity exited: {open(self.log).read()[-2000:]}")
                 try:
-                    return requests.get(self.url + "/readyz", timeout=1).status_code == 200
+                    return requests.get(self.url + probe, timeout=1).status_code == 200
                 except requests.RequestException:
                     return False
-            wait_until(ready, 30, "authz-identity ready")
+            wait_until(up, 30, f"authz-identity answering {probe}")
         return self
 
     def kill(self, sig=9):
@@ -165,6 +170,8 @@ class Identity:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            # A sanitizer report at shutdown, or a crash, fails the test.
+            assert self.proc.returncode == 0, open(self.log).read()[-3000:]
 
     def sql(self, query):
         return subprocess.run(["psql", "-X", "-tA", self.pg_url, "-c", query], check=True,

@@ -300,3 +300,35 @@ def test_revisions_increase_and_match_events(admin, identity, cluster):
     events = read_events(cluster["KAFKA_BOOTSTRAP"], identity.topic,
                          lambda evs: all(any(e["hlc"] == h for e in evs) for h in revs))
     assert all(e["type"] == "team.created" for e in events if e["hlc"] in revs)
+
+
+def test_anonymous_gets_401_before_body_checks(admin):
+    """Authentication comes first: no 415 or invalid_json for a client
+    without a valid token, and nothing is parsed for it. (A body over the
+    server's limit still gets evhttp's own 413, see docs/architecture.md;
+    the route-limit 413 case is in tests/unit/test_http_edge.c.)"""
+    for raw, ctype in [('{"name": "x"}', "text/plain"), ('{"name":', "application/json"),
+                       ('[1, 2]', "application/json")]:
+        for token in (False, "not.a.jwt"):
+            r = admin.post("/v1/teams", raw=raw, headers={"Content-Type": ctype}, token=token)
+            err(r, 401, "unauthorized")
+            assert "Bearer" in r.headers["WWW-Authenticate"]
+    # The probes stay public.
+    assert admin.req("GET", "/healthz", token=False).status_code == 200
+
+
+def test_blank_or_hidden_names_refused(admin):
+    """Names that are blank or hide control or invisible format characters
+    (U+202E reorders text, U+200B is invisible) are 400 naming the field."""
+    team = new_team(admin)
+    for bad in ["   ", "\u00a0\u3000", "evil\u202etxt", "zero\u200bwidth", "bom\ufeff",
+                "c1\u0085x", "del\u007f", "soft\u00adhyphen"]:
+        err(admin.post("/v1/teams", {"name": bad}), 400, "invalid_field", "name")
+        err(admin.patch(f"/v1/teams/{team['id']}", {"name": bad}), 400, "invalid_field", "name")
+        err(admin.post("/v1/roles", {"name": bad, "permissions": ["doc:read"]}),
+            400, "invalid_field", "name")
+        err(admin.post("/v1/users", {"subject": f"s-{uuid.uuid4().hex[:8]}",
+                                     "email": "s@example.com", "name": bad}),
+            400, "invalid_field", "name")
+    # Visible text outside ASCII is fine.
+    new_team(admin, name=f"\u65e5\u672c {uuid.uuid4().hex[:6]}")
