@@ -3,12 +3,13 @@
  * identity events into policies, answers checks, and feeds gateway
  * filters (snapshot and change feed).
  *
- * Wiring only: configuration, migrations, the consumer thread, HTTP worker
- * threads (one event loop, HTTP server and database connections each,
- * sharing the port through SO_REUSEPORT), signals (SIGTERM/SIGINT stop).
+ * Wiring only (the process itself is common/runner.c's): settings,
+ * metrics, migrations, the consumer thread, and the HTTP workers (one
+ * event loop, HTTP server and database link each, sharing the port
+ * through SO_REUSEPORT).
  */
 #include <pthread.h>
-#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,13 +21,10 @@
 #include "authz/consumer.h"
 #include "authz/feed.h"
 #include "authz/status.h"
-#include "common/cli.h"
 #include "common/config.h"
 #include "common/migrate.h"
 #include "common/pg.h"
-#include "common/service.h"
-
-extern char **environ;
+#include "common/runner.h"
 
 #define MAX_WORKERS 16
 
@@ -45,7 +43,7 @@ static const azc_config_key KNOWN[] = {
 };
 
 typedef struct app {
-    azc_config *cfg;
+    const azc_config *cfg;
     az_shared sh;
     const char *migrations_dir;
     char topic_buf[64];
@@ -53,6 +51,7 @@ typedef struct app {
     int nworkers;
     az_consumer *consumer;
     int bound_port;
+    int status_lock_made;
 } app;
 
 static int load_settings(app *a, azc_err *e)
@@ -240,9 +239,28 @@ static int register_metrics(az_shared *sh, azc_err *e)
     return AZC_OK;
 }
 
-static int run(app *a, const sigset_t *set, azc_err *e)
+static int configure(void *arg, azc_service *svc, azc_err *e)
 {
-    int i, rc, sig = 0;
+    app *a = arg;
+    int rc;
+
+    a->cfg = azc_service_config(svc);
+    a->sh.log = azc_service_log(svc);
+    a->sh.metrics = azc_service_metrics(svc);
+    if (pthread_mutex_init(&a->sh.status_lock, NULL) != 0)
+        return azc_err_set(e, AZC_ERROR, "cannot create the status lock");
+    a->status_lock_made = 1;
+    a->sh.status.next_offset = -1;
+    atomic_init(&a->sh.snapshots, 0);
+    if ((rc = register_metrics(&a->sh, e)) != AZC_OK)
+        return rc;
+    return load_settings(a, e);
+}
+
+static int start(void *arg, azc_service *svc, azc_err *e)
+{
+    app *a = arg;
+    int i, rc;
 
     if ((rc = azc_migrate_url(a->sh.set.pg_url, "authz-server-migrate", 30000,
                               a->migrations_dir, "authz", a->sh.log, e)) != AZC_OK)
@@ -254,79 +272,48 @@ static int run(app *a, const sigset_t *set, azc_err *e)
         if ((rc = worker_init(a, &a->workers[i], i, e)) != AZC_OK)
             return rc;
         a->nworkers++;
-    }
-    for (i = 0; i < a->nworkers; i++) {
-        if ((rc = azc_loop_start(a->workers[i].base, &a->workers[i].thread, e)) != AZC_OK)
+        if ((rc = azc_service_add_loop(svc, a->workers[i].base, e)) != AZC_OK)
             return rc;
     }
-    {
-        json_t *f = json_pack("{s:s, s:s, s:i, s:i}", "region", a->sh.set.region, "topic",
-                              a->sh.set.topic, "port", a->bound_port, "workers", a->nworkers);
-        azc_log_write(a->sh.log, AZC_LOG_INFO, NULL, f, "authz-server started");
-        json_decref(f);
-    }
-    if (sigwait(set, &sig) == 0)
-        azc_logf(a->sh.log, AZC_LOG_INFO, "signal %d: shutting down", sig);
-    for (i = 0; i < a->nworkers; i++)
-        azc_loop_stop(a->workers[i].base, a->workers[i].thread, a->sh.log);
     return AZC_OK;
 }
+
+static json_t *describe(void *arg)
+{
+    app *a = arg;
+
+    return json_pack("{s:s, s:s, s:i, s:i}", "region", a->sh.set.region, "topic",
+                     a->sh.set.topic, "port", a->bound_port, "workers", a->nworkers);
+}
+
+static void cleanup(void *arg)
+{
+    app *a = arg;
+    int i;
+
+    /* The consumer finishes (commits or rolls back) its batch first. */
+    az_consumer_free(a->consumer);
+    for (i = 0; i < MAX_WORKERS; i++)
+        worker_free(&a->workers[i]);
+    if (a->status_lock_made)
+        pthread_mutex_destroy(&a->sh.status_lock);
+}
+
+static const azc_service_def SERVICE = {
+    .prog = "authz-server",
+    .summary = "regional authorization service: identity events to policies, checks, snapshot "
+               "and change feed",
+    .log_name = "authz",
+    .configure = configure,
+    .start = start,
+    .describe = describe,
+    .cleanup = cleanup,
+};
 
 int main(int argc, char **argv)
 {
     app a;
-    azc_cli cli;
-    azc_err e;
-    sigset_t set;
-    int rc, i;
 
     memset(&a, 0, sizeof a);
-    rc = azc_cli_parse(argc, argv, "authz-server",
-                       "regional authorization service: identity events to policies, checks, "
-                       "snapshot and change feed",
-                       &cli, stdout, stderr);
-    if (rc != AZC_CLI_RUN)
-        return rc == AZC_CLI_EXIT ? 0 : 2;
-    /* Before any thread starts: only sigwait sees the stop signals. */
-    if (azc_service_signals(&set, 0, &e) != AZC_OK) {
-        fprintf(stderr, "authz-server: %s\n", e.msg);
-        return 1;
-    }
-    a.sh.log = azc_log_new("authz", AZC_LOG_INFO, stderr);
-    a.sh.metrics = azc_metrics_new();
-    if (a.sh.log == NULL || a.sh.metrics == NULL ||
-        pthread_mutex_init(&a.sh.status_lock, NULL) != 0) {
-        fprintf(stderr, "authz-server: out of memory\n");
-        return 1;
-    }
-    a.sh.status.next_offset = -1;
-    atomic_init(&a.sh.snapshots, 0);
-    azc_err_clear(&e);
-    rc = register_metrics(&a.sh, &e);
-    if (rc == AZC_OK)
-        rc = azc_config_load(&a.cfg, cli.config_path, environ, &e);
-    if (rc == AZC_OK)
-        rc = load_settings(&a, &e);
-    if (rc != AZC_OK) {
-        azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
-        fprintf(stderr, "authz-server: %s\n", e.msg);
-        rc = 2;
-        goto out;
-    }
-    azc_service_raise_nofile(a.sh.log);
-    rc = run(&a, &set, &e);
-    if (rc != AZC_OK) {
-        azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
-        rc = 1;
-    }
-out:
-    /* The consumer finishes (commits or rolls back) its batch first. */
-    az_consumer_free(a.consumer);
-    for (i = 0; i < MAX_WORKERS; i++)
-        worker_free(&a.workers[i]);
-    pthread_mutex_destroy(&a.sh.status_lock);
-    azc_config_free(a.cfg);
-    azc_metrics_free(a.sh.metrics);
-    azc_log_free(a.sh.log);
-    return rc;
+    return azc_service_main(&SERVICE, &a, argc, argv);
 }

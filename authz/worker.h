@@ -41,7 +41,6 @@ typedef struct az_worker {
     az_feed *feed;         /* long-poll waiters and their LISTEN connection */
     struct event *tick;    /* worker 0: lag gauges and feed pruning */
     long long last_prune_ms;
-    pthread_t thread;
 } az_worker;
 
 /* Answers a failed query of the worker's link: 503 with Retry-After while

@@ -2,10 +2,10 @@
  * authz-identity: admin REST API for users, teams, roles and assignments,
  * with a transactional outbox and its relay to the region's Kafka topic.
  *
- * Wiring only: configuration, migrations, worker threads (one event loop,
- * HTTP server and database connection each, sharing the port through
- * SO_REUSEPORT), the relay thread, and signals (SIGTERM/SIGINT stop,
- * SIGHUP reloads the JWT keys). The API and the relay can run in separate
+ * Wiring only (the process itself is common/runner.c's): settings,
+ * migrations, worker loops (HTTP server and database link each, sharing
+ * the port through SO_REUSEPORT), the relay thread, and SIGHUP reloading
+ * the JWT keys. The API and the relay can run in separate
  * processes of the same binary (api.enabled / relay.enabled). The
  * `resync` sub-command runs identity/resync.c once and exits.
  */
@@ -14,7 +14,6 @@
 #include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,18 +21,16 @@
 
 #include <event2/event.h>
 
-#include "common/cli.h"
 #include "common/config.h"
 #include "common/http.h"
 #include "common/migrate.h"
 #include "common/pg.h"
-#include "common/service.h"
+#include "common/runner.h"
+#include "common/text.h"
 #include "identity/dispatch.h"
 #include "identity/relay.h"
 #include "identity/resync.h"
 #include "identity/service.h"
-
-extern char **environ;
 
 #define MAX_WORKERS 16
 /* The most one query of a worker loop may run (statement_timeout); a
@@ -65,11 +62,10 @@ struct id_worker {
     id_bound bound[32];
     id_relay *const *relay;    /* the process's relay (NULL when disabled), set before
                                   the loops start */
-    pthread_t thread;
 };
 
 typedef struct app {
-    azc_config *cfg;
+    const azc_config *cfg;
     id_shared sh;
     const char *migrations_dir;
     const char *bootstrap, *topic;
@@ -80,6 +76,7 @@ typedef struct app {
     int nworkers;
     id_relay *relay;
     int bound_port;
+    int keys_lock_made;
 } app;
 
 static int load_settings(app *a, azc_err *e)
@@ -263,9 +260,28 @@ static void reload_keys(app *a)
     azc_logf(a->sh.log, AZC_LOG_INFO, "SIGHUP: %zu JWT keys loaded", azc_jwt_keys_count(fresh));
 }
 
-static int run(app *a, const sigset_t *set, azc_err *e)
+static int configure(void *arg, azc_service *svc, azc_err *e)
 {
-    int i, rc, sig = 0;
+    app *a = arg;
+
+    a->cfg = azc_service_config(svc);
+    a->sh.log = azc_service_log(svc);
+    a->sh.metrics = azc_service_metrics(svc);
+    if (pthread_rwlock_init(&a->sh.keys_lock, NULL) != 0)
+        return azc_err_set(e, AZC_ERROR, "cannot create the key lock");
+    a->keys_lock_made = 1;
+    a->sh.m_mutations = azc_metrics_counter(a->sh.metrics, "identity_mutations_total",
+                                            "Committed admin changes by route.",
+                                            (const char *const[]){ "route", NULL });
+    if (a->sh.m_mutations == NULL)
+        return azc_err_set(e, AZC_ERROR, "cannot register the metrics");
+    return load_settings(a, e);
+}
+
+static int start(void *arg, azc_service *svc, azc_err *e)
+{
+    app *a = arg;
+    int i, rc;
 
     if ((rc = azc_migrate_url(a->sh.set.pg_url, "authz-identity-migrate", 30000,
                               a->migrations_dir, "identity", a->sh.log, e)) != AZC_OK)
@@ -287,32 +303,27 @@ static int run(app *a, const sigset_t *set, azc_err *e)
         if (a->relay == NULL || (rc = id_relay_start(a->relay, e)) != AZC_OK)
             return AZC_ERROR;
     }
+    /* The workers read a->relay: their loops run only from here on. */
     for (i = 0; i < a->nworkers; i++) {
-        if ((rc = azc_loop_start(a->workers[i].base, &a->workers[i].thread, e)) != AZC_OK)
+        if ((rc = azc_service_add_loop(svc, a->workers[i].base, e)) != AZC_OK)
             return rc;
     }
-    {
-        json_t *f = json_pack("{s:s, s:i, s:i, s:b, s:b}", "region", a->sh.set.region, "port",
-                              a->bound_port, "workers", a->nworkers, "api", a->api_enabled,
-                              "relay", a->relay_enabled);
-        azc_log_write(a->sh.log, AZC_LOG_INFO, NULL, f, "authz-identity started");
-        json_decref(f);
-    }
-    for (;;) {
-        if (sigwait(set, &sig) != 0)
-            break;
-        if (sig == SIGHUP) {
-            reload_keys(a);
-            continue;
-        }
-        break;
-    }
-    azc_logf(a->sh.log, AZC_LOG_INFO, "signal %d: shutting down", sig);
-    /* Each loop finishes the request it is running (a whole transaction)
-     * before it exits. */
-    for (i = 0; i < a->nworkers; i++)
-        azc_loop_stop(a->workers[i].base, a->workers[i].thread, a->sh.log);
     return AZC_OK;
+}
+
+static void reload(void *arg, azc_service *svc)
+{
+    (void)svc;
+    reload_keys(arg);
+}
+
+static json_t *describe(void *arg)
+{
+    app *a = arg;
+
+    return json_pack("{s:s, s:i, s:i, s:b, s:b}", "region", a->sh.set.region, "port",
+                     a->bound_port, "workers", a->nworkers, "api", a->api_enabled, "relay",
+                     a->relay_enabled);
 }
 
 /* `authz-identity resync`: one JSON summary line on stdout. */
@@ -352,68 +363,57 @@ static int run_resync(app *a, azc_err *e)
     return AZC_OK;
 }
 
+static int command(void *arg, azc_service *svc, const char *name, azc_err *e)
+{
+    int rc;
+
+    (void)svc;
+    (void)name;   /* resync is the only one */
+    if ((rc = run_resync(arg, e)) != AZC_OK) {
+        char msg[AZC_ERRMSG_MAX];
+
+        azc_text_fmt(msg, sizeof msg, "%s; nothing was written", e->msg);
+        return azc_err_set(e, rc, "%s", msg);
+    }
+    return AZC_OK;
+}
+
+static void cleanup(void *arg)
+{
+    app *a = arg;
+    int i;
+
+    id_relay_free(a->relay);
+    for (i = 0; i < MAX_WORKERS; i++)
+        worker_free(&a->workers[i]);
+    azc_jwt_keys_free(a->sh.keys);
+    if (a->keys_lock_made)
+        pthread_rwlock_destroy(&a->sh.keys_lock);
+}
+
 static const azc_cli_command COMMANDS[] = {
     { "resync", "write a new epoch with the whole state above the topic's tail, and exit" },
+};
+
+static const azc_service_def SERVICE = {
+    .prog = "authz-identity",
+    .summary = "admin REST API for users, teams and roles, with its outbox relay to Kafka",
+    .log_name = "identity",
+    .commands = COMMANDS,
+    .ncommands = sizeof COMMANDS / sizeof COMMANDS[0],
+    .hup = 1,
+    .configure = configure,
+    .start = start,
+    .command = command,
+    .reload = reload,
+    .describe = describe,
+    .cleanup = cleanup,
 };
 
 int main(int argc, char **argv)
 {
     app a;
-    azc_cli cli;
-    azc_err e;
-    sigset_t set;
-    int rc, i;
 
     memset(&a, 0, sizeof a);
-    rc = azc_cli_parse_commands(argc, argv, "authz-identity",
-                                "admin REST API for users, teams and roles, with its outbox relay "
-                                "to Kafka", COMMANDS, sizeof COMMANDS / sizeof COMMANDS[0], &cli,
-                                stdout, stderr);
-    if (rc != AZC_CLI_RUN)
-        return rc == AZC_CLI_EXIT ? 0 : 2;
-    /* Before any thread starts: only sigwait sees the stop signals. A
-     * resync keeps the default signals (interrupting it rolls it back). */
-    if (cli.command == NULL && azc_service_signals(&set, 1, &e) != AZC_OK) {
-        fprintf(stderr, "authz-identity: %s\n", e.msg);
-        return 1;
-    }
-    a.sh.log = azc_log_new("identity", AZC_LOG_INFO, stderr);
-    a.sh.metrics = azc_metrics_new();
-    if (a.sh.log == NULL || a.sh.metrics == NULL || pthread_rwlock_init(&a.sh.keys_lock, NULL) != 0) {
-        fprintf(stderr, "authz-identity: out of memory\n");
-        return 1;
-    }
-    a.sh.m_mutations = azc_metrics_counter(a.sh.metrics, "identity_mutations_total",
-                                           "Committed admin changes by route.",
-                                           (const char *const[]){ "route", NULL });
-    azc_err_clear(&e);
-    rc = azc_config_load(&a.cfg, cli.config_path, environ, &e);
-    if (rc == AZC_OK)
-        rc = load_settings(&a, &e);
-    if (rc != AZC_OK) {
-        azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
-        fprintf(stderr, "authz-identity: %s\n", e.msg);
-        rc = 2;
-        goto out;
-    }
-    azc_service_raise_nofile(a.sh.log);
-    rc = cli.command != NULL ? run_resync(&a, &e) : run(&a, &set, &e);
-    if (rc != AZC_OK && cli.command != NULL)
-        fprintf(stderr, "authz-identity resync: %s; nothing was written\n", e.msg);
-    if (rc != AZC_OK) {
-        azc_logf(a.sh.log, AZC_LOG_ERROR, "%s", e.msg);
-        /* A resync's configuration problem is a usage error, like one of
-         * the service's. */
-        rc = cli.command != NULL && rc == AZC_EINVAL ? 2 : 1;
-    }
-out:
-    id_relay_free(a.relay);
-    for (i = 0; i < MAX_WORKERS; i++)
-        worker_free(&a.workers[i]);
-    azc_jwt_keys_free(a.sh.keys);
-    pthread_rwlock_destroy(&a.sh.keys_lock);
-    azc_config_free(a.cfg);
-    azc_metrics_free(a.sh.metrics);
-    azc_log_free(a.sh.log);
-    return rc;
+    return azc_service_main(&SERVICE, &a, argc, argv);
 }

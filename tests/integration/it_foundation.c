@@ -335,6 +335,7 @@ static void test_kafka_events_in_order(void **state)
         assert_int_equal(azc_uuid_new(ev.id), AZC_OK);
         ev.type = seq % 10 == 0 ? AZC_EV_HEARTBEAT : AZC_EV_TEAM_MEMBER_ADDED;
         snprintf(ev.origin, sizeof ev.origin, "%s", "us");
+        ev.epoch = 1;
         ev.seq = seq;
         ev.hlc = azc_hlc_now(clock);
         ev.data = json_pack("{s:s, s:I}", "run", run_id, "n", (json_int_t)seq);
