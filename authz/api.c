@@ -22,7 +22,8 @@
  * known HLCs of the revision's origin ($7), the origin that lags most and
  * by how much (milliseconds), the origin not heard from for longest and
  * for how long (ms since its row was last rewritten by a heartbeat or an
- * event), whether this region's own origin ($8) was ever heard from, and
+ * event), the first of the regions $8 (a text[]: this region only, or
+ * every configured region with check.expect_regions) never heard from, and
  * the database's clock in ms (the bound for impossible revisions, taken
  * from the database so every worker and host agrees with updated_at). */
 static const char SQL_CHECK[] =
@@ -45,13 +46,15 @@ static const char SQL_CHECK[] =
     "        (SELECT lag_ms FROM lag), (SELECT origin FROM lag),"
     "        (SELECT known_hlc FROM w WHERE origin = $7),"
     "        (SELECT quiet_ms FROM quiet), (SELECT origin FROM quiet),"
-    "        EXISTS (SELECT 1 FROM w WHERE origin = $8),"
+    "        (SELECT x.r FROM unnest($8::text[]) WITH ORDINALITY AS x(r, n)"
+    "          WHERE NOT EXISTS (SELECT 1 FROM w WHERE w.origin = x.r) ORDER BY x.n LIMIT 1),"
     "        floor(extract(epoch FROM now()) * 1000)::bigint";
 
 static const char SQL_STATUS[] =
     "SELECT (SELECT coalesce(json_object_agg(origin, json_build_object("
     "          'applied_seq', applied_seq, 'applied_hlc', applied_hlc, 'known_hlc', known_hlc,"
-    "          'silence_ms', floor(extract(epoch FROM now() - updated_at) * 1000)::bigint)),"
+    "          'silence_ms', floor(extract(epoch FROM now() - updated_at) * 1000)::bigint,"
+    "          'source', source)),"
     "          '{}')::text FROM authz.watermarks),"
     "       (SELECT count(*) FROM authz.dead_letters),"
     "       last_seq, pruned_through FROM authz.feed_state";
@@ -192,8 +195,9 @@ static const char *decide(const az_worker *w, const check_req *q, const PGresult
             return "deny-transient";
         }
     }
-    if (!PQgetisnull(res, 0, 7) && strcmp(PQgetvalue(res, 0, 7), "f") == 0) {
-        azc_text_fmt(reason, len, "this region has never heard from origin %s", s->region);
+    if (!PQgetisnull(res, 0, 7)) {
+        azc_text_fmt(reason, len, "this region has never heard from origin %s",
+                     PQgetvalue(res, 0, 7));
         return "deny-transient";
     }
     if (!PQgetisnull(res, 0, 6) && quiet_ms > silence_max) {
@@ -217,7 +221,7 @@ void az_check_handler(azc_http_req *r, void *arg)
 {
     az_worker *w = arg;
     check_req q;
-    char awild[80], rwild[80], reason[512];
+    char awild[80], rwild[80], reason[512], own[AZC_REGION_MAX + 3];
     const char *p[8];
     const char *decision;
     PGresult *res = NULL;
@@ -227,6 +231,7 @@ void az_check_handler(azc_http_req *r, void *arg)
 
     if (check_parse(w, r, &q) != 0)
         return;
+    azc_text_fmt(own, sizeof own, "{%s}", w->sh->set.region);
     if (azc_action_wildcards(q.action, awild, sizeof awild) != AZC_OK ||
         azc_resource_wildcard(q.resource, rwild, sizeof rwild) != AZC_OK) {
         azc_http_reply_error(r, 400, "invalid_request", "action or resource too long");
@@ -239,7 +244,7 @@ void az_check_handler(azc_http_req *r, void *arg)
     p[4] = rwild;
     p[5] = awild;
     p[6] = q.has_rev ? q.rev.origin : NULL;
-    p[7] = w->sh->set.region;
+    p[7] = w->sh->set.expect_regions ? w->sh->set.regions_array : own;
     if (azc_pg_query(w->pg, SQL_CHECK, 8, p, &res, &e) != AZC_OK) {
         az_reply_db_error(w, r, &e);
         return;
@@ -302,8 +307,9 @@ static json_t *consumer_json(az_worker *w)
 
 /* Adds silent and silence_ms to each origin of `origins`, and an entry
  * for each configured region never heard from. Only this region's own
- * origin counts as silent when never heard: the others' heartbeats arrive
- * through the replicator, which is not built yet. */
+ * origin counts as silent when never heard, unless check.expect_regions
+ * says every configured region's watermarks must arrive (through the
+ * replicator). */
 static int add_silence(const az_settings *s, json_t *origins)
 {
     long long max = s->heartbeat_ms * s->silence_heartbeats;
@@ -319,13 +325,13 @@ static int add_silence(const az_settings *s, json_t *origins)
         bad |= json_object_set_new(o, "counted", json_true()) != 0;
     }
     for (i = 0; i < s->nregions; i++) {
-        int own = strcmp(s->regions[i], s->region) == 0;
+        int own = s->expect_regions || strcmp(s->regions[i], s->region) == 0;
 
         if (json_object_get(origins, s->regions[i]) != NULL)
             continue;
-        o = json_pack("{s:i, s:i, s:i, s:i, s:n, s:b, s:n, s:b}", "applied_seq", 0, "applied_hlc",
-                      0, "known_hlc", 0, "lag_ms", 0, "staleness_ms", "silent", own,
-                      "silence_ms", "counted", own);
+        o = json_pack("{s:i, s:i, s:i, s:i, s:n, s:b, s:n, s:b, s:n}", "applied_seq", 0,
+                      "applied_hlc", 0, "known_hlc", 0, "lag_ms", 0, "staleness_ms", "silent",
+                      own, "silence_ms", "counted", own, "source");
         bad |= json_object_set_new(origins, s->regions[i], o) != 0;
     }
     return bad ? AZC_ENOMEM : AZC_OK;
@@ -380,8 +386,11 @@ void az_status_handler(azc_http_req *r, void *arg)
 int az_api_register(az_worker *w, azc_err *e)
 {
     const azc_http_route routes[] = {
-        { AZC_HTTP_POST, "/v1/check", az_check_handler, AZC_ROUTE_JSON_BODY, 16 * 1024 },
-        { AZC_HTTP_GET, "/v1/status", az_status_handler, 0, 0 },
+        /* Public: gateways and operators; the feed and the snapshot carry
+         * the whole policy set, so peers authenticate (auth.keys_file). */
+        { AZC_HTTP_POST, "/v1/check", az_check_handler,
+          AZC_ROUTE_JSON_BODY | AZC_ROUTE_PUBLIC, 16 * 1024 },
+        { AZC_HTTP_GET, "/v1/status", az_status_handler, AZC_ROUTE_PUBLIC, 0 },
         { AZC_HTTP_GET, "/v1/policy/changes", az_changes_handler, 0, 0 },
         { AZC_HTTP_GET, "/v1/policy/snapshot", az_snapshot_handler, 0, 0 },
     };

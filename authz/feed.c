@@ -1,5 +1,6 @@
 /*
- * GET /v1/policy/changes?after=&wait=&limit=&watermarks= and its waiters.
+ * GET /v1/policy/changes?after=&wait=&limit=&watermarks=&stream=: its waiters
+ * and its streams.
  *
  * One statement reads the changes, the feed bounds and the watermarks, so
  * they come from one snapshot: watermarks never claim more than the
@@ -508,51 +509,340 @@ static void fail_all(az_feed *f, waiter **list, size_t n, int rc, const azc_err 
     }
 }
 
-/* Notifications were consumed. `changes`: a commit may have added rows
- * (else only watermarks moved). One read from the smallest cursor serves
- * every waiter; further reads only for waiters that read stopped short of.
- * When no waiter can be answered by what was announced, nothing is read
- * and the last read is no longer current. */
-static void wake(az_feed *f, int changes)
+/* ---- streams ----------------------------------------------------------------- */
+
+static void count_streams(az_feed *f)
 {
-    waiter *wt;
-    size_t n = 0, i;
-    int limit;
+    if (azc_metric_set(f->m_streams, (const char *const[]){ f->worker_label, NULL },
+                       (double)f->nstreams) != AZC_OK)
+        azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: a metric update failed");
+}
 
-    f->fresh = 0;
-    if (f->nwaiters == 0 || (!changes && f->nwant_wm == 0))
-        return;
-    metric_inc(f, f->m_wakeups, changes ? "changes" : "watermarks");
-    if (f->cap < f->nwaiters) {
-        waiter **s = realloc(f->sorted, f->nwaiters * sizeof *s);
+/* Forgets st; its request is no longer touched (it is being freed, or was
+ * ended just before). */
+static void stream_free(stream *st)
+{
+    az_feed *f = st->f;
 
-        if (s == NULL) {
-            /* They stay waiting and are answered at their deadlines. */
-            azc_logf(f->w->sh->log, AZC_LOG_ERROR, "feed: out of memory waking waiters");
-            return;
-        }
-        f->sorted = s;
-        f->cap = f->nwaiters;
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else if (f->streams == st)
+        f->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    if (st->r != NULL) {    /* NULL: never linked (a failed start) */
+        f->nstreams--;
+        if (st->want_watermarks)
+            f->nstream_wm--;
+        count_streams(f);
     }
-    for (wt = f->head; wt != NULL; wt = wt->next)
-        f->sorted[n++] = wt;
-    qsort(f->sorted, n, sizeof *f->sorted, by_cursor);
-    while (n > 0) {
+    if (st->keepalive != NULL)
+        event_free(st->keepalive);
+    free(st->watermarks_sent);
+    free(st);
+}
+
+/* Finishes st's answer (a well-formed end of the chunked body: the
+ * follower reconnects from its last cursor) and frees st. */
+static void stream_end(stream *st)
+{
+    azc_http_reply_end(st->r);
+    stream_free(st);
+}
+
+static void on_stream_close(azc_http_req *r, void *arg)
+{
+    (void)r;
+    stream_free(arg);
+}
+
+/* Queues `line` and its newline as one chunk; the stream is busy until
+ * the helper reports it written. -1 when it cannot be queued. */
+static int stream_queue(az_feed *f, stream *st, const char *line)
+{
+    if (evbuffer_add(f->out, line, strlen(line)) != 0 || evbuffer_add(f->out, "\n", 1) != 0 ||
+        azc_http_reply_chunk(st->r, f->out) != AZC_OK) {
+        (void)evbuffer_drain(f->out, evbuffer_get_length(f->out));
+        return -1;
+    }
+    st->busy = 1;
+    if (evtimer_add(st->keepalive, f->keepalive_tv) != 0)
+        azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: cannot re-arm a stream's keep-alive");
+    return 0;
+}
+
+/* Queues message `text` (answer a of rd, NULL when it could not be
+ * built) on st and moves st's cursor past it. */
+static void stream_deliver(az_feed *f, stream *st, const feed_read *rd, const answer *a,
+                           const char *text)
+{
+    if (text == NULL || stream_queue(f, st, text) != 0) {
+        azc_log_reqf(f->w->sh->log, AZC_LOG_ERROR, azc_http_req_id(st->r),
+                     "feed: cannot queue a stream message (out of memory): stream ended");
+        stream_end(st);
+        return;
+    }
+    if (a->count > 0)
+        st->cursor = rd->seq[a->start + a->count - 1];
+    /* A message the limit cut is followed at once by the next one. */
+    st->pending = a->more;
+    if (st->want_watermarks && !a->more) {
+        char *t = strdup(rd->wm_text);
+
+        /* Out of memory, the old text stays: at worst one more message. */
+        if (t != NULL) {
+            free(st->watermarks_sent);
+            st->watermarks_sent = t;
+        }
+    }
+}
+
+/* The stream's cursor left the feed: a last error line, then the end. */
+static void stream_gone(az_feed *f, stream *st, const feed_read *rd)
+{
+    char msg[160];
+    json_t *j;
+    char *text;
+
+    snprintf(msg, sizeof msg, "cursor %lld is outside the feed (%lld to %lld): reload the snapshot",
+             st->cursor, rd->pruned, rd->last_seq);
+    j = json_pack("{s:{s:s, s:s}}", "error", "code", "cursor_expired", "message", msg);
+    text = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    /* Without the line the follower still sees the stream end, and its
+     * next request gets the 410. */
+    if (text == NULL || stream_queue(f, st, text) != 0)
+        azc_log_reqf(f->w->sh->log, AZC_LOG_ERROR, azc_http_req_id(st->r),
+                     "feed: cannot queue a stream's cursor_expired line");
+    free(text);
+    stream_end(st);
+}
+
+static int by_stream_cursor(const void *a, const void *b)
+{
+    const stream *x = *(stream *const *)a, *y = *(stream *const *)b;
+
+    if (x->cursor != y->cursor)
+        return x->cursor < y->cursor ? -1 : 1;
+    return (x->limit > y->limit) - (x->limit < y->limit);
+}
+
+/* answer_from for streams: sends each stream of list[0..n) (sorted by
+ * cursor, none busy) what rd has for it, sharing the text among those on
+ * the same cursor; moves those rd stopped short of to the front and
+ * returns how many. */
+static size_t stream_answer_from(az_feed *f, const feed_read *rd, stream **list, size_t n)
+{
+    char *text = NULL;
+    long long text_after = -1;
+    answer text_ans = { ANS_NONE, 0, 0, 0 };
+    size_t i, keep = 0;
+
+    for (i = 0; i < n; i++) {
+        stream *st = list[i];
+        answer a = answer_for(rd, st->cursor, st->limit);
+
+        if (a.kind == ANS_SHORT) {
+            list[keep++] = st;
+            continue;
+        }
+        st->pending = 0;
+        if (a.kind == ANS_GONE) {
+            stream_gone(f, st, rd);
+            continue;
+        }
+        if (a.kind == ANS_NONE &&
+            (!st->want_watermarks || strcmp(st->watermarks_sent, rd->wm_text) == 0))
+            continue;
+        if (text == NULL || st->cursor != text_after || a.count != text_ans.count ||
+            a.more != text_ans.more) {
+            free(text);
+            text = body_text(rd, st->cursor, &a);
+            text_after = st->cursor;
+            text_ans = a;
+        }
+        stream_deliver(f, st, rd, &a, text);
+    }
+    free(text);
+    return keep;
+}
+
+static int grow_scratch(az_feed *f, size_t waiters, size_t streams)
+{
+    if (f->cap < waiters) {
+        waiter **s = realloc(f->sorted, waiters * sizeof *s);
+
+        if (s == NULL)
+            return -1;
+        f->sorted = s;
+        f->cap = waiters;
+    }
+    if (f->scap < streams) {
+        stream **s = realloc(f->ssorted, streams * sizeof *s);
+
+        if (s == NULL)
+            return -1;
+        f->ssorted = s;
+        f->scap = streams;
+    }
+    return 0;
+}
+
+/* Answers the waiters f->sorted[0..n) and the streams f->ssorted[0..m)
+ * (each sorted by cursor): one read from the smallest cursor with the
+ * largest limit serves them all; a further read only for those it
+ * stopped short of. When a read fails the waiters get the error and the
+ * streams stay pending, to be tried again at their next wake-up or
+ * keep-alive. */
+static void serve(az_feed *f, size_t n, size_t m, const char *why)
+{
+    while (n > 0 || m > 0) {
+        long long after = LLONG_MAX;
+        int limit = 1, rc;
         feed_read rd;
         azc_err e;
-        int rc;
+        size_t i;
 
-        for (limit = 1, i = 0; i < n; i++)
+        if (n > 0)
+            after = f->sorted[0]->after;
+        if (m > 0 && f->ssorted[0]->cursor < after)
+            after = f->ssorted[0]->cursor;
+        for (i = 0; i < n; i++)
             if (f->sorted[i]->limit > limit)
                 limit = f->sorted[i]->limit;
-        if ((rc = read_feed(f, f->sorted[0]->after, limit, "wakeup", &rd, &e)) != AZC_OK) {
+        for (i = 0; i < m; i++)
+            if (f->ssorted[i]->limit > limit)
+                limit = f->ssorted[i]->limit;
+        if ((rc = read_feed(f, after, limit, why, &rd, &e)) != AZC_OK) {
             fail_all(f, f->sorted, n, rc, &e);
+            for (i = 0; i < m; i++)
+                f->ssorted[i]->pending = 1;
+            if (m > 0)
+                azc_logf(f->w->sh->log, AZC_LOG_WARN,
+                         "feed: %zu streams not served, tried again later: %s", m, e.msg);
             break;
         }
         remember(f, &rd);
         n = answer_from(f, &rd, f->sorted, n);
+        m = stream_answer_from(f, &rd, f->ssorted, m);
         read_clear(&rd);
     }
+}
+
+/* Streams whose line is out and that have something due: those at the
+ * head of a current last read are answered from it, the others by one
+ * read shared by all. */
+static void on_catch_up(evutil_socket_t fd, short what, void *arg)
+{
+    az_feed *f = arg;
+    stream *st;
+    size_t m = 0, i, keep = 0;
+
+    (void)fd;
+    (void)what;
+    if (grow_scratch(f, 0, f->nstreams) != 0) {
+        /* They stay pending: their next keep-alive drains into here again. */
+        azc_logf(f->w->sh->log, AZC_LOG_ERROR, "feed: out of memory serving streams");
+        return;
+    }
+    for (st = f->streams; st != NULL; st = st->next)
+        if (st->pending && !st->busy)
+            f->ssorted[m++] = st;
+    if (f->fresh) {
+        for (i = 0; i < m; i++) {
+            st = f->ssorted[i];
+            /* Nothing has been announced since: only watermarks can
+             * be due (a changed text since its last message). */
+            if (st->cursor == f->last.last_seq)
+                (void)stream_answer_from(f, &f->last, &st, 1);
+            else
+                f->ssorted[keep++] = st;
+        }
+        m = keep;
+    }
+    qsort(f->ssorted, m, sizeof *f->ssorted, by_stream_cursor);
+    serve(f, 0, m, "stream");
+}
+
+static void on_stream_drain(azc_http_req *r, void *arg)
+{
+    stream *st = arg;
+
+    (void)r;
+    st->busy = 0;
+    /* Activated once however many streams drain in this loop turn, and
+     * run after them: they share one read. */
+    if (st->pending)
+        event_active(st->f->catch_up, EV_TIMEOUT, 0);
+}
+
+/* Nothing was queued for a keep-alive interval: an empty line. Not while
+ * the last line is still unsent (one queued line per stream at most);
+ * such a client is dropped by the connection's write timeout. */
+static void on_keepalive(evutil_socket_t fd, short what, void *arg)
+{
+    stream *st = arg;
+    az_feed *f = st->f;
+
+    (void)fd;
+    (void)what;
+    if (st->busy) {
+        if (evtimer_add(st->keepalive, f->keepalive_tv) != 0)
+            azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: cannot re-arm a stream's keep-alive");
+        return;
+    }
+    if (stream_queue(f, st, "") != 0) {
+        azc_log_reqf(f->w->sh->log, AZC_LOG_ERROR, azc_http_req_id(st->r),
+                     "feed: cannot queue a keep-alive: stream ended");
+        stream_end(st);
+    }
+}
+
+/* ---- wake-ups ------------------------------------------------------------------ */
+
+/* Notifications were consumed. `changes`: a commit may have added rows
+ * (else only watermarks moved). One read from the smallest cursor serves
+ * every waiter and every stream that is not busy; further reads only for
+ * those that read stopped short of. Busy streams are marked pending and
+ * caught up once their line is out. When nobody can be answered by what
+ * was announced, nothing is read and the last read is no longer current. */
+static void wake(az_feed *f, int changes)
+{
+    int waiters = f->nwaiters > 0 && (changes || f->nwant_wm > 0);
+    int streams = f->nstreams > 0 && (changes || f->nstream_wm > 0);
+    size_t n = 0, m = 0;
+    waiter *wt;
+    stream *st;
+
+    f->fresh = 0;
+    if (!waiters && !streams)
+        return;
+    metric_inc(f, f->m_wakeups, changes ? "changes" : "watermarks");
+    if (grow_scratch(f, waiters ? f->nwaiters : 0, streams ? f->nstreams : 0) != 0) {
+        /* Waiters are answered at their deadlines; streams drain into a
+         * catch-up at their next keep-alive. */
+        azc_logf(f->w->sh->log, AZC_LOG_ERROR, "feed: out of memory waking waiters");
+        for (st = f->streams; st != NULL; st = st->next)
+            st->pending = 1;
+        return;
+    }
+    if (waiters) {
+        for (wt = f->head; wt != NULL; wt = wt->next)
+            f->sorted[n++] = wt;
+        qsort(f->sorted, n, sizeof *f->sorted, by_cursor);
+    }
+    if (streams) {
+        for (st = f->streams; st != NULL; st = st->next) {
+            if (!changes && !st->want_watermarks)
+                continue;
+            if (st->busy)
+                st->pending = 1;
+            else
+                f->ssorted[m++] = st;
+        }
+        qsort(f->ssorted, m, sizeof *f->ssorted, by_stream_cursor);
+    }
+    serve(f, n, m, "wakeup");
     count_waiters(f);
 }
 
@@ -604,11 +894,86 @@ static void start_waiting(az_feed *f, azc_http_req *r, long long after, int limi
     count_waiters(f);
 }
 
+static void on_head_drain(azc_http_req *r, void *arg)
+{
+    (void)r;
+    (void)arg;
+}
+
+/* Answers r as a stream: its first message now (from the worker's last
+ * read when that is current and r is at its head, else from a read of its
+ * own), the next ones from wake-ups. A cursor outside the feed, or a
+ * failed read, gets the long poll's error status instead. */
+static void start_stream(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm)
+{
+    feed_read rd, *src = &rd;
+    stream *st = NULL;
+    char *text = NULL;
+    answer a;
+    azc_err e;
+    int rc;
+
+    memset(&rd, 0, sizeof rd);
+    if (f->fresh && after == f->last.last_seq) {
+        src = &f->last;
+    } else {
+        if ((rc = read_feed(f, after, limit, "request", &rd, &e)) != AZC_OK) {
+            send_read_error(f, r, rc, &e);
+            return;
+        }
+        remember(f, &rd);
+    }
+    a = answer_for(src, after, limit);
+    if (a.kind == ANS_GONE) {
+        send_gone(r, src, after);
+        goto out;
+    }
+    /* A HEAD never gets a line, so a stream would never notice its client
+     * leave: the head of the answer, and done. */
+    if (azc_http_req_method(r) == AZC_HTTP_HEAD) {
+        if (azc_http_reply_start(r, 200, NDJSON, on_head_drain, NULL, NULL) == AZC_OK)
+            azc_http_reply_end(r);
+        goto out;
+    }
+    if ((st = calloc(1, sizeof *st)) != NULL)
+        st->f = f;
+    if (st == NULL || (st->keepalive = evtimer_new(f->w->base, on_keepalive, st)) == NULL ||
+        (want_wm && (st->watermarks_sent = strdup("")) == NULL) ||
+        (text = body_text(src, after, &a)) == NULL) {
+        if (st != NULL)
+            stream_free(st);
+        azc_http_reply_error(r, 500, "internal", "out of memory");
+        goto out;
+    }
+    st->cursor = after;
+    st->limit = limit;
+    st->want_watermarks = want_wm;
+    /* On failure it has answered 500 itself. */
+    if (azc_http_reply_start(r, 200, NDJSON, on_stream_drain, on_stream_close, st) != AZC_OK) {
+        stream_free(st);
+        goto out;
+    }
+    st->r = r;
+    st->next = f->streams;
+    if (f->streams != NULL)
+        f->streams->prev = st;
+    f->streams = st;
+    f->nstreams++;
+    if (want_wm)
+        f->nstream_wm++;
+    count_streams(f);
+    stream_deliver(f, st, src, &a, text);
+out:
+    free(text);
+    read_clear(&rd);
+}
+
 void az_changes_handler(azc_http_req *r, void *arg)
 {
     az_worker *w = arg;
     az_feed *f = w->feed;
     const char *wmq = azc_http_req_query(r, "watermarks");
+    const char *sq = azc_http_req_query(r, "stream");
     long long after, wait = 0, limit = DEFAULT_LIMIT;
     int want_wm, rc;
     feed_read rd;
@@ -635,6 +1000,21 @@ void az_changes_handler(azc_http_req *r, void *arg)
         return;
     }
     want_wm = wmq != NULL && strcmp(wmq, "1") == 0;
+    if (sq != NULL && strcmp(sq, "0") != 0 && strcmp(sq, "1") != 0) {
+        azc_http_reply_error(r, 400, "invalid_request", "stream must be 0 or 1");
+        return;
+    }
+    if (sq != NULL && strcmp(sq, "1") == 0) {
+        /* A stream never ends by itself: a wait would be a contradiction
+         * the follower should learn of, not have ignored. */
+        if (azc_http_req_query(r, "wait") != NULL) {
+            azc_http_reply_error(r, 400, "invalid_request",
+                                 "wait does not apply to a stream (stream=1)");
+            return;
+        }
+        start_stream(f, r, after, (int)limit, want_wm);
+        return;
+    }
     /* At the head of a current last read there is nothing to read: the
      * next commit's notification is still to come and will wake it. */
     if (wait > 0 && f->fresh && after == f->last.last_seq) {
@@ -748,13 +1128,20 @@ az_feed *az_feed_new(az_worker *w, azc_err *e)
     f->m_waiters = azc_metrics_gauge(w->sh->metrics, "authz_feed_waiters",
                                      "Long polls waiting on the change feed, per HTTP worker.",
                                      (const char *const[]){ "worker", NULL });
+    f->m_streams = azc_metrics_gauge(w->sh->metrics, "authz_feed_streams",
+                                     "Change-feed streams (stream=1) open, per HTTP worker.",
+                                     (const char *const[]){ "worker", NULL });
     f->out = evbuffer_new();
-    if (f->m_reads == NULL || f->m_wakeups == NULL || f->m_waiters == NULL || f->out == NULL) {
+    f->catch_up = event_new(w->base, -1, 0, on_catch_up, f);
+    if (f->m_reads == NULL || f->m_wakeups == NULL || f->m_waiters == NULL ||
+        f->m_streams == NULL || f->out == NULL || f->catch_up == NULL) {
         azc_err_set(e, AZC_ERROR, "cannot set up the change feed's metrics and buffers");
         az_feed_free(f);
         return NULL;
     }
+    az_feed_set_stream_keepalive(f, AZ_FEED_STREAM_KEEPALIVE_MS);
     count_waiters(f);
+    count_streams(f);
     /* Connects from the loop, without blocking it; until it is up,
      * waiters are answered at their deadlines. */
     memset(&o, 0, sizeof o);
@@ -776,6 +1163,10 @@ void az_feed_free(az_feed *f)
         return;
     while (f->head != NULL)
         waiter_unlink_free(f->head);
+    while (f->streams != NULL)
+        stream_free(f->streams);
+    if (f->catch_up != NULL)
+        event_free(f->catch_up);
     if (f->listen_ev != NULL)
         event_free(f->listen_ev);
     azc_pg_link_free(f->link);
@@ -783,5 +1174,19 @@ void az_feed_free(az_feed *f)
         evbuffer_free(f->out);
     read_clear(&f->last);
     free(f->sorted);
+    free(f->ssorted);
     free(f);
+}
+
+void az_feed_set_stream_keepalive(az_feed *f, long long ms)
+{
+    if (ms <= 0)
+        ms = AZ_FEED_STREAM_KEEPALIVE_MS;
+    f->keepalive.tv_sec = (time_t)(ms / 1000);
+    f->keepalive.tv_usec = (suseconds_t)((ms % 1000) * 1000);
+    /* Thousands of streams re-arm the same interval: libevent keeps such
+     * timers in a queue instead of its heap. */
+    f->keepalive_tv = event_base_init_common_timeout(f->w->base, &f->keepalive);
+    if (f->keepalive_tv == NULL)
+        f->keepalive_tv = &f->keepalive;
 }

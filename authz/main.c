@@ -39,7 +39,12 @@ static const azc_config_key KNOWN[] = {
     { "check", "silence_heartbeats" }, { "check", "clock_tolerance_ms" },
     { "feed", "retain" },
     { "feed", "prune_interval_ms" }, { "feed", "prune_batch" },
+    { "feed", "stream_keepalive_ms" },
+    { "feed", "collect_tombstones" }, { "check", "expect_regions" },
     { "snapshot", "max_concurrent" }, { "log", "level" },
+    { "auth", "keys_file" },      { "auth", "issuer" },
+    { "auth", "audience" },       { "auth", "required_scope" },
+    { "auth", "leeway_secs" },    { "auth", "max_token_lifetime_secs" },
 };
 
 typedef struct app {
@@ -52,7 +57,37 @@ typedef struct app {
     az_consumer *consumer;
     int bound_port;
     int status_lock_made;
+    int keys_lock_made;
 } app;
+
+/* s->regions as text[] literals: all of them, and all but this region. */
+static int region_arrays(az_settings *s, azc_err *e)
+{
+    size_t i, all = 0, peers = 0;
+    int n;
+
+    s->regions_array[all++] = '{';
+    s->peers_array[peers++] = '{';
+    for (i = 0; i < s->nregions; i++) {
+        n = snprintf(s->regions_array + all, sizeof s->regions_array - all, "%s%s",
+                     all > 1 ? "," : "", s->regions[i]);
+        if (n < 0 || (size_t)n >= sizeof s->regions_array - all)
+            return azc_err_set(e, AZC_EINVAL, "configuration: service.regions is too long");
+        all += (size_t)n;
+        if (strcmp(s->regions[i], s->region) == 0)
+            continue;
+        n = snprintf(s->peers_array + peers, sizeof s->peers_array - peers, "%s%s",
+                     peers > 1 ? "," : "", s->regions[i]);
+        if (n < 0 || (size_t)n >= sizeof s->peers_array - peers)
+            return azc_err_set(e, AZC_EINVAL, "configuration: service.regions is too long");
+        peers += (size_t)n;
+    }
+    if (all + 2 > sizeof s->regions_array || peers + 2 > sizeof s->peers_array)
+        return azc_err_set(e, AZC_EINVAL, "configuration: service.regions is too long");
+    memcpy(s->regions_array + all, "}", 2);
+    memcpy(s->peers_array + peers, "}", 2);
+    return AZC_OK;
+}
 
 static int load_settings(app *a, azc_err *e)
 {
@@ -97,8 +132,28 @@ static int load_settings(app *a, azc_err *e)
                                  &s->prune_interval_ms, e)) != AZC_OK ||
         (rc = azc_config_get_int(a->cfg, "feed", "prune_batch", 10000, 1, 1000000,
                                  &s->prune_batch, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "feed", "stream_keepalive_ms",
+                                 AZ_FEED_STREAM_KEEPALIVE_MS, 100, 3600000,
+                                 &s->stream_keepalive_ms, e)) != AZC_OK ||
         (rc = azc_config_get_int(a->cfg, "snapshot", "max_concurrent", 4, 1, 1000,
-                                 &s->snapshot_max, e)) != AZC_OK)
+                                 &s->snapshot_max, e)) != AZC_OK ||
+        (rc = azc_config_get_bool(a->cfg, "feed", "collect_tombstones", 1,
+                                  &s->collect_tombstones, e)) != AZC_OK ||
+        (rc = azc_config_get_bool(a->cfg, "check", "expect_regions", 0, &s->expect_regions,
+                                  e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "auth", "keys_file", NULL, &s->keys_file, e)) !=
+            AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "auth", "issuer", NULL, &s->issuer, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "auth", "audience", NULL, &s->audience, e)) !=
+            AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "auth", "required_scope", "authz:replicate",
+                                    &s->required_scope, e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "auth", "leeway_secs", 30, 0, 600, &s->leeway_secs,
+                                 e)) != AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "auth", "max_token_lifetime_secs",
+                                 AZC_JWT_DEFAULT_MAX_LIFETIME, 60, 366 * 86400,
+                                 &s->max_token_lifetime_secs, e)) != AZC_OK ||
+        (rc = region_arrays(s, e)) != AZC_OK)
         return rc;
     azc_log_set_level(a->sh.log, lvl);
     s->http_port = (int)port;
@@ -108,6 +163,17 @@ static int load_settings(app *a, azc_err *e)
         return azc_err_set(e, AZC_EINVAL, "configuration: pg.url must be set");
     if (s->bootstrap == NULL)
         return azc_err_set(e, AZC_EINVAL, "configuration: kafka.bootstrap must be set");
+    /* Half a configuration would leave the feed open while its owner
+     * believes it closed. */
+    if (s->keys_file != NULL && (s->issuer == NULL || s->audience == NULL))
+        return azc_err_set(e, AZC_EINVAL, "configuration: auth.issuer and auth.audience must be "
+                                          "set with auth.keys_file");
+    if (s->keys_file == NULL && (s->issuer != NULL || s->audience != NULL))
+        return azc_err_set(e, AZC_EINVAL, "configuration: auth.issuer and auth.audience need "
+                                          "auth.keys_file");
+    if (strchr(s->required_scope, ' ') != NULL || s->required_scope[0] == '\0')
+        return azc_err_set(e, AZC_EINVAL, "configuration: auth.required_scope must be one "
+                                          "non-empty scope name without spaces");
     if (s->topic == NULL) {
         snprintf(a->topic_buf, sizeof a->topic_buf, "identity-events.%s", s->region);
         s->topic = a->topic_buf;
@@ -144,6 +210,7 @@ static int worker_init(app *a, az_worker *w, int index, azc_err *e)
         return AZC_ERROR;
     if ((w->feed = az_feed_new(w, e)) == NULL)
         return AZC_ERROR;
+    az_feed_set_stream_keepalive(w->feed, a->sh.set.stream_keepalive_ms);
     opts.service = "authz";
     opts.reuse_port = 1;
     w->http = azc_http_new(w->base, &opts, a->sh.log, a->sh.metrics, e);
@@ -151,6 +218,11 @@ static int worker_init(app *a, az_worker *w, int index, azc_err *e)
         return AZC_ERROR;
     if ((rc = az_api_register(w, e)) != AZC_OK)
         return rc;
+    if (a->sh.set.keys_file != NULL) {
+        if ((w->jwt_cache = azc_jwt_cache_new(256)) == NULL)
+            return azc_err_set(e, AZC_ENOMEM, "out of memory");
+        azc_http_set_auth_cb(w->http, az_worker_authenticate, NULL);
+    }
     azc_http_set_ready_cb(w->http, az_worker_ready, w);
     if (index == 0) {
         struct timeval tv = { 1, 0 };
@@ -174,6 +246,7 @@ static void worker_free(az_worker *w)
     /* The HTTP server first: it closes waiting long polls, whose close
      * callbacks free their waiters in the feed. */
     azc_http_free(w->http);
+    azc_jwt_cache_free(w->jwt_cache);
     az_feed_free(w->feed);
     if (w->tick != NULL)
         event_free(w->tick);
@@ -231,7 +304,11 @@ static int register_metrics(az_shared *sh, azc_err *e)
                                       "Time since this region last heard from each origin (a "
                                       "heartbeat or an event).",
                                       (const char *const[]){ "origin", NULL });
-    if (sh->m_applied == NULL || sh->m_duplicates == NULL || sh->m_dead == NULL ||
+    sh->m_tombstones = azc_metrics_counter(m, "authz_tombstones_collected_total",
+                                           "Tombstones removed once every region had applied "
+                                           "them, by origin.",
+                                           (const char *const[]){ "origin", NULL });
+    if (sh->m_applied == NULL || sh->m_tombstones == NULL || sh->m_duplicates == NULL || sh->m_dead == NULL ||
         sh->m_batch == NULL || sh->m_age == NULL || sh->m_lag == NULL || sh->m_stopped == NULL ||
         sh->m_checks == NULL || sh->m_silence == NULL || sh->m_stalled == NULL ||
         sh->m_rollbacks == NULL || sh->m_divergences == NULL || sh->m_resyncs == NULL)
@@ -250,11 +327,19 @@ static int configure(void *arg, azc_service *svc, azc_err *e)
     if (pthread_mutex_init(&a->sh.status_lock, NULL) != 0)
         return azc_err_set(e, AZC_ERROR, "cannot create the status lock");
     a->status_lock_made = 1;
+    if (pthread_rwlock_init(&a->sh.keys_lock, NULL) != 0)
+        return azc_err_set(e, AZC_ERROR, "cannot create the key lock");
+    a->keys_lock_made = 1;
     a->sh.status.next_offset = -1;
     atomic_init(&a->sh.snapshots, 0);
-    if ((rc = register_metrics(&a->sh, e)) != AZC_OK)
+    if ((rc = register_metrics(&a->sh, e)) != AZC_OK ||
+        (rc = load_settings(a, e)) != AZC_OK)
         return rc;
-    return load_settings(a, e);
+    /* Here, not in start(): a key set that does not load is a bad
+     * configuration (exit 2), found before anything is started. */
+    if (a->sh.set.keys_file != NULL)
+        return azc_jwt_keys_load_file(a->sh.set.keys_file, &a->sh.keys, e);
+    return AZC_OK;
 }
 
 static int start(void *arg, azc_service *svc, azc_err *e)
@@ -278,12 +363,39 @@ static int start(void *arg, azc_service *svc, azc_err *e)
     return AZC_OK;
 }
 
+/* SIGHUP: a new key set replaces the old one whole; a bad file keeps the
+ * old one (and says so), so a botched rotation never opens the feed nor
+ * locks the peers out. */
+static void reload(void *arg, azc_service *svc)
+{
+    app *a = arg;
+    azc_jwt_keys *fresh = NULL, *old;
+    azc_err e;
+
+    (void)svc;
+    if (a->sh.set.keys_file == NULL) {
+        azc_logf(a->sh.log, AZC_LOG_INFO, "SIGHUP: no auth.keys_file, nothing to reload");
+        return;
+    }
+    if (azc_jwt_keys_load_file(a->sh.set.keys_file, &fresh, &e) != AZC_OK) {
+        azc_logf(a->sh.log, AZC_LOG_ERROR, "SIGHUP: keeping the old keys: %s", e.msg);
+        return;
+    }
+    pthread_rwlock_wrlock(&a->sh.keys_lock);
+    old = a->sh.keys;
+    a->sh.keys = fresh;
+    pthread_rwlock_unlock(&a->sh.keys_lock);
+    azc_jwt_keys_free(old);
+    azc_logf(a->sh.log, AZC_LOG_INFO, "SIGHUP: %zu JWT keys loaded", azc_jwt_keys_count(fresh));
+}
+
 static json_t *describe(void *arg)
 {
     app *a = arg;
 
-    return json_pack("{s:s, s:s, s:i, s:i}", "region", a->sh.set.region, "topic",
-                     a->sh.set.topic, "port", a->bound_port, "workers", a->nworkers);
+    return json_pack("{s:s, s:s, s:i, s:i, s:b}", "region", a->sh.set.region, "topic",
+                     a->sh.set.topic, "port", a->bound_port, "workers", a->nworkers,
+                     "peer_auth", a->sh.set.keys_file != NULL);
 }
 
 static void cleanup(void *arg)
@@ -297,6 +409,9 @@ static void cleanup(void *arg)
         worker_free(&a->workers[i]);
     if (a->status_lock_made)
         pthread_mutex_destroy(&a->sh.status_lock);
+    azc_jwt_keys_free(a->sh.keys);
+    if (a->keys_lock_made)
+        pthread_rwlock_destroy(&a->sh.keys_lock);
 }
 
 static const azc_service_def SERVICE = {
@@ -304,8 +419,10 @@ static const azc_service_def SERVICE = {
     .summary = "regional authorization service: identity events to policies, checks, snapshot "
                "and change feed",
     .log_name = "authz",
+    .hup = 1,
     .configure = configure,
     .start = start,
+    .reload = reload,
     .describe = describe,
     .cleanup = cleanup,
 };

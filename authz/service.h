@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "common/jwt.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/revision.h"
@@ -35,9 +36,26 @@ typedef struct az_settings {
     long long feed_retain;      /* change-feed rows kept */
     long long prune_interval_ms;
     long long prune_batch;      /* most feed rows one prune removes */
+    long long stream_keepalive_ms; /* longest a feed stream goes without a line */
     long long snapshot_max;     /* concurrent snapshot streams */
     long long applied_ids_retain; /* applied event ids kept per origin */
     long long stall_ms;         /* no progress for longer: not ready */
+    int expect_regions;         /* every configured region without a
+                                   watermark row counts as never heard */
+    int collect_tombstones;     /* the tick removes tombstones every region
+                                   has applied (docs/authz.md) */
+    /* Peer authentication of the feed and the snapshot: off while
+     * keys_file is NULL. */
+    const char *keys_file;
+    const char *issuer;
+    const char *audience;
+    const char *required_scope; /* a name the token's scope claim lists */
+    long long leeway_secs;
+    long long max_token_lifetime_secs;
+    /* "{us,eu,ap}": the configured regions as a text[] literal, and the
+     * same without this region (names are [a-z][a-z0-9-]*: no quoting). */
+    char regions_array[AZ_MAX_REGIONS * (AZC_REGION_MAX + 1) + 3];
+    char peers_array[AZ_MAX_REGIONS * (AZC_REGION_MAX + 1) + 3];
 } az_settings;
 
 typedef enum az_consumer_state {
@@ -106,6 +124,12 @@ typedef struct az_shared {
 
     atomic_int snapshots;       /* snapshot streams open, all workers */
     azc_metric *m_silence;      /* authz_origin_silence_seconds{origin} */
+    azc_metric *m_tombstones;   /* authz_tombstones_collected_total{origin} */
+
+    /* Peer authentication: swapped whole on SIGHUP, so a verifier in
+     * flight never sees a half-loaded set. NULL while auth is off. */
+    pthread_rwlock_t keys_lock;
+    azc_jwt_keys *keys;         /* guarded by keys_lock */
 } az_shared;
 
 #endif

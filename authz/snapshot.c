@@ -1,5 +1,7 @@
 /*
- * GET /v1/policy/snapshot: the live policy set, streamed.
+ * GET /v1/policy/snapshot: the live policy set, streamed; with
+ * tombstones=1 the deleted rows too (a replicator resynchronising from it
+ * must see the deletes, or a stale live row of its own would survive).
  *
  * The set is read in one REPEATABLE READ transaction on a connection of
  * its own (the worker's stays free for checks; it is opened without
@@ -28,13 +30,20 @@ static const char SQL_HEAD[] =
     "  (SELECT coalesce(json_object_agg(origin, json_build_object("
     "            'applied', applied_hlc, 'known', known_hlc)), '{}')::text FROM authz.watermarks)"
     " FROM authz.feed_state";
-static const char SQL_DECLARE[] =
+static const char SQL_DECLARE_LIVE[] =
     "DECLARE snap_users NO SCROLL CURSOR FOR"
     "  SELECT to_jsonb(t)::text FROM authz.users t WHERE NOT deleted;"
     "DECLARE snap_memberships NO SCROLL CURSOR FOR"
     "  SELECT to_jsonb(t)::text FROM authz.memberships t WHERE NOT deleted;"
     "DECLARE snap_policies NO SCROLL CURSOR FOR"
     "  SELECT to_jsonb(t)::text FROM authz.policies t WHERE NOT deleted";
+static const char SQL_DECLARE_ALL[] =
+    "DECLARE snap_users NO SCROLL CURSOR FOR"
+    "  SELECT to_jsonb(t)::text FROM authz.users t;"
+    "DECLARE snap_memberships NO SCROLL CURSOR FOR"
+    "  SELECT to_jsonb(t)::text FROM authz.memberships t;"
+    "DECLARE snap_policies NO SCROLL CURSOR FOR"
+    "  SELECT to_jsonb(t)::text FROM authz.policies t";
 
 /* Constant statements: FETCH takes no parameters. */
 static const struct {
@@ -55,6 +64,7 @@ typedef struct snap {
                           the query that meets them */
     size_t table;      /* the one being sent; NTABLES when done */
     int rows_sent;     /* in this table, for the commas */
+    int tombstones;    /* tombstones=1: deleted rows too */
 } snap;
 
 /* Also gives the snapshot's place back (az_shared.snapshots). */
@@ -137,7 +147,8 @@ static void start(snap *s)
     s->started = 1;
     if (azc_pg_query(pg, SQL_BEGIN, 0, NULL, NULL, &e) != AZC_OK ||
         azc_pg_query(pg, SQL_HEAD, 0, NULL, &res, &e) != AZC_OK ||
-        azc_pg_exec_script(pg, SQL_DECLARE, &e) != AZC_OK) {
+        azc_pg_exec_script(pg, s->tombstones ? SQL_DECLARE_ALL : SQL_DECLARE_LIVE, &e) !=
+            AZC_OK) {
         PQclear(res);
         azc_pg_reply_error(s->db, r, &e, w->sh->log);
         snap_free(s);
@@ -201,10 +212,15 @@ static void on_db_state(azc_pg_link *l, int up, void *arg)
 void az_snapshot_handler(azc_http_req *r, void *arg)
 {
     az_worker *w = arg;
+    const char *tq = azc_http_req_query(r, "tombstones");
     azc_pg_link_options o;
     snap *s;
     azc_err e;
 
+    if (tq != NULL && strcmp(tq, "0") != 0 && strcmp(tq, "1") != 0) {
+        azc_http_reply_error(r, 400, "invalid_request", "tombstones must be 0 or 1");
+        return;
+    }
     if (atomic_fetch_add(&w->sh->snapshots, 1) >= w->sh->set.snapshot_max) {
         atomic_fetch_sub(&w->sh->snapshots, 1);
         azc_log_reqf(w->sh->log, AZC_LOG_WARN, azc_http_req_id(r),
@@ -223,6 +239,7 @@ void az_snapshot_handler(azc_http_req *r, void *arg)
     }
     s->w = w;
     s->r = r;
+    s->tombstones = tq != NULL && strcmp(tq, "1") == 0;
     memset(&o, 0, sizeof o);
     o.application_name = "authz-snapshot";
     o.statement_timeout_ms = AZ_STATEMENT_TIMEOUT_MS;

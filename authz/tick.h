@@ -9,9 +9,11 @@
 #include "authz/worker.h"
 
 /* Sets authz_lag_seconds{origin} and authz_origin_silence_seconds{origin}
- * from the stored watermarks and prunes the change feed every
- * feed.prune_interval_ms, at most feed.prune_batch rows a tick (a prune
- * that hit the bound runs again on the next tick). arg is the az_worker. */
+ * from the stored watermarks and, every feed.prune_interval_ms, prunes
+ * the change feed and (feed.collect_tombstones) removes the tombstones
+ * every region has applied, each at most feed.prune_batch rows a run (a
+ * run that hit the bound runs again on the next tick). arg is the
+ * az_worker. */
 void az_tick_cb(evutil_socket_t fd, short what, void *arg);
 
 #endif

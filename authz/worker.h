@@ -14,6 +14,7 @@
 
 #include "authz/service.h"
 #include "common/http.h"
+#include "common/jwt.h"
 #include "common/pg_link.h"
 
 struct event;
@@ -39,7 +40,9 @@ typedef struct az_worker {
     azc_pg_link *db;
     PGconn *pg;
     az_feed *feed;         /* long-poll waiters and their LISTEN connection */
-    struct event *tick;    /* worker 0: lag gauges and feed pruning */
+    struct event *tick;    /* worker 0: lag gauges, feed pruning and
+                              tombstone collection */
+    azc_jwt_cache *jwt_cache; /* verified peer tokens; NULL while auth is off */
     long long last_prune_ms;
 } az_worker;
 
@@ -55,5 +58,13 @@ json_t *az_json_or_reply(azc_http_req *r, const char *text);
 /* /readyz of a worker (arg): its database link is up and the consumer is
  * running and making progress; otherwise why says what is not. */
 int az_worker_ready(void *arg, azc_err *why);
+
+/* The HTTP helper's auth callback for every route not marked
+ * AZC_ROUTE_PUBLIC (the change feed and the snapshot), installed when
+ * auth.keys_file is set; route_arg is the az_worker. A bearer JWT verified
+ * with the shared key set whose scope claim names auth.required_scope:
+ * else 401 unauthenticated (none or a bad token, with WWW-Authenticate)
+ * or 403 forbidden (a good token without the scope). */
+int az_worker_authenticate(azc_http_req *r, void *route_arg, void *arg);
 
 #endif

@@ -5,9 +5,12 @@
 #include "common/jwt.h"
 
 #include <errno.h>
+#include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include <jwt.h>
@@ -209,6 +212,55 @@ int azc_jwt_keys_load(const json_t *spec, const char *base_dir, azc_jwt_keys **o
 fail:
     azc_jwt_keys_free(ks);
     return rc;
+}
+
+int azc_jwt_keys_load_file(const char *path, azc_jwt_keys **out, azc_err *e)
+{
+    char dir[PATH_MAX];
+    json_error_t jerr;
+    json_t *spec;
+    int rc;
+
+    *out = NULL;
+    if (path == NULL || strlen(path) >= sizeof dir)
+        return azc_err_set(e, AZC_EINVAL, "jwt keys: no key-set file, or its name is too long");
+    spec = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (spec == NULL)
+        return azc_err_set(e, AZC_EINVAL, "jwt keys %s: %s (line %d)", path, jerr.text,
+                           jerr.line);
+    memcpy(dir, path, strlen(path) + 1);
+    rc = azc_jwt_keys_load(spec, dirname(dir), out, e);
+    json_decref(spec);
+    return rc;
+}
+
+int azc_jwt_bearer(const char *h, const char **token)
+{
+    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+        return 0;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    *token = h;
+    return *h != '\0';
+}
+
+int azc_jwt_has_scope(const json_t *claims, const char *scope)
+{
+    const char *s = json_string_value(json_object_get(claims, "scope"));
+    size_t want = scope != NULL ? strlen(scope) : 0;
+
+    if (s == NULL || want == 0)
+        return 0;
+    while (*s != '\0') {
+        size_t n = strcspn(s, " ");
+
+        if (n == want && memcmp(s, scope, n) == 0)
+            return 1;
+        s += n;
+        s += strspn(s, " ");
+    }
+    return 0;
 }
 
 /* base64url (no padding) -> bytes, NUL-terminated. */

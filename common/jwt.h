@@ -45,8 +45,25 @@ typedef struct azc_jwt_keys azc_jwt_keys;
  */
 int azc_jwt_keys_load(const json_t *spec, const char *base_dir, azc_jwt_keys **out,
                       azc_err *e) AZC_WARN_UNUSED;
+/*
+ * Reads the key-set file at `path` (that JSON array; duplicate members
+ * refused) and loads it with azc_jwt_keys_load, key files relative to the
+ * key-set file's folder. Every service with a keys_file setting uses this,
+ * at start and on SIGHUP. *out is owned by the caller.
+ */
+int azc_jwt_keys_load_file(const char *path, azc_jwt_keys **out, azc_err *e) AZC_WARN_UNUSED;
 void azc_jwt_keys_free(azc_jwt_keys *ks);
 size_t azc_jwt_keys_count(const azc_jwt_keys *ks);
+
+/* The token of an "Authorization: Bearer <token>" header value (scheme
+ * case-insensitive, RFC 6750): 1 with *token pointing into h, 0 when h is
+ * NULL, names another scheme or has an empty token. */
+int azc_jwt_bearer(const char *h, const char **token);
+
+/* Whether the `scope` claim of `claims` (RFC 8693: a string of
+ * space-separated scope names) names `scope` exactly; a missing claim, a
+ * claim of another type or an empty `scope` never does. */
+int azc_jwt_has_scope(const json_t *claims, const char *scope);
 
 typedef struct azc_jwt_policy {
     const char *issuer;      /* required */

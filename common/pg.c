@@ -21,7 +21,7 @@ static void sleep_ms(long ms)
         ;
 }
 
-static long jitter(long max_ms)
+long azc__pg_jitter(long max_ms)
 {
     uint32_t r;
 
@@ -32,7 +32,7 @@ static long jitter(long max_ms)
 
 /* Server notices ("relation already exists, skipping", ...) go to the
  * JSON log at debug level instead of libpq's default: raw text on stderr. */
-static void on_notice(void *arg, const char *message)
+void azc__pg_on_notice(void *arg, const char *message)
 {
     size_t n = strcspn(message, "\n");
 
@@ -61,7 +61,7 @@ int azc_pg_connect(const char *conninfo, const char *application_name, int timeo
 
         attempt++;
         if (c != NULL && PQstatus(c) == CONNECTION_OK) {
-            PQsetNoticeProcessor(c, on_notice, lg);
+            PQsetNoticeProcessor(c, azc__pg_on_notice, lg);
             if (attempt > 1)
                 azc_logf(lg, AZC_LOG_INFO, "postgres: connected after %d attempts", attempt);
             *out = c;
@@ -87,7 +87,7 @@ int azc_pg_connect(const char *conninfo, const char *application_name, int timeo
                                attempt, last);
         azc_logf(lg, AZC_LOG_WARN, "postgres: connect attempt %d failed: %s", attempt, last);
         {
-            long wait = jitter(backoff);
+            long wait = azc__pg_jitter(backoff);
             if ((uint64_t)wait > deadline - now)
                 wait = (long)(deadline - now);
             sleep_ms(wait);

@@ -50,4 +50,10 @@ void azc_pg_rollback(PGconn *c);
 /* The SQLSTATE of a failed result ("" when none). */
 const char *azc_pg_sqlstate(const PGresult *r);
 
+/* For common/ only (pg.c and pg_link.c): a random wait in [1, max_ms]
+ * ("full jitter", so that reconnecting clients spread out), and the notice
+ * processor that sends server notices to the log `arg` at debug level. */
+long azc__pg_jitter(long max_ms);
+void azc__pg_on_notice(void *arg, const char *message);
+
 #endif

@@ -18,7 +18,8 @@
 #include <string.h>
 
 #include <event2/event.h>
-#include <openssl/rand.h>
+
+#include "common/pg.h"
 
 enum link_state { LINK_IDLE, LINK_CONNECTING, LINK_UP, LINK_FAILED };
 
@@ -52,22 +53,6 @@ struct azc_pg_link {
 };
 
 static void start_attempt(azc_pg_link *l);
-
-static long jitter(long max_ms)
-{
-    uint32_t r;
-
-    if (max_ms <= 1 || RAND_bytes((unsigned char *)&r, sizeof r) != 1)
-        return max_ms;
-    return 1 + (long)(r % (uint32_t)max_ms);
-}
-
-static void on_notice(void *arg, const char *message)
-{
-    size_t n = strcspn(message, "\n");
-
-    azc_logf(arg, AZC_LOG_DEBUG, "postgres: %.*s", (int)n, message);
-}
 
 static void first_line(const char *m, char *out, size_t len)
 {
@@ -116,7 +101,7 @@ static void attempt_failed(azc_pg_link *l, const char *why)
             l->cb(l, 0, l->arg);
         return;
     }
-    wait = jitter(l->backoff_ms);
+    wait = azc__pg_jitter(l->backoff_ms);
     if (l->failures == 1 || l->failures % LOG_EVERY == 0)
         azc_logf(l->log, AZC_LOG_WARN, "postgres (%s): connect attempt %d failed: %s; retrying",
                  l->app, l->failures, msg);
@@ -263,7 +248,7 @@ static void start_attempt(azc_pg_link *l)
         attempt_failed(l, PQerrorMessage(l->conn));
         return;
     }
-    PQsetNoticeProcessor(l->conn, on_notice, l->log);
+    PQsetNoticeProcessor(l->conn, azc__pg_on_notice, l->log);
     if (evtimer_add(l->deadline, &tv) != 0) {
         attempt_failed(l, "cannot arm the connect deadline");
         return;

@@ -148,8 +148,14 @@ int azc_service_main(const azc_service_def *def, void *app, int argc, char **arg
     if (cli.command != NULL) {
         rc = def->command != NULL ? def->command(app, &s, cli.command, &e)
                                   : azc_err_set(&e, AZC_EINVAL, "no command %s", cli.command);
-        if (rc != AZC_OK)
+        if (rc > 0) {
+            /* The command's own exit status (e.g. "differences found"). */
+            if (e.msg[0] != '\0')
+                (void)fail(&s, cli.command, AZC_ERROR, &e);
+            status = rc;
+        } else if (rc != AZC_OK) {
             status = fail(&s, cli.command, rc, &e);
+        }
         goto cleanup;
     }
     if ((rc = def->start(app, &s, &e)) != AZC_OK || (rc = start_loops(&s, &e)) != AZC_OK) {

@@ -61,7 +61,9 @@ typedef struct azc_service_def {
      * once start() returns). Required. */
     int (*start)(void *app, azc_service *s, azc_err *e);
     /* Runs sub-command `name` instead of the service; NULL when the
-     * binary has none. */
+     * binary has none. Returns AZC_OK (exit 0), an AZC_* error (exit 2
+     * for AZC_EINVAL, else 1), or a positive exit status of its own
+     * (e.g. "differences found"); e's message, when set, is printed. */
     int (*command)(void *app, azc_service *s, const char *name, azc_err *e);
     /* SIGHUP, on the main thread, while the loops run. Optional. */
     void (*reload)(void *app, azc_service *s);

@@ -11,7 +11,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -147,23 +146,10 @@ static int load_settings(app *a, azc_err *e)
     return AZC_OK;
 }
 
-/* Reads the key-set file: a JSON array of {kid, alg, file}, files relative
- * to the key-set file's folder. */
+/* The key-set file (common/jwt.h, azc_jwt_keys_load_file). */
 static int load_keys(id_shared *sh, azc_jwt_keys **out, azc_err *e)
 {
-    char dir[PATH_MAX];
-    json_error_t jerr;
-    json_t *spec;
-    int rc;
-
-    spec = json_load_file(sh->set.keys_file, JSON_REJECT_DUPLICATES, &jerr);
-    if (spec == NULL)
-        return azc_err_set(e, AZC_EINVAL, "auth.keys_file %s: %s (line %d)", sh->set.keys_file,
-                           jerr.text, jerr.line);
-    snprintf(dir, sizeof dir, "%s", sh->set.keys_file);
-    rc = azc_jwt_keys_load(spec, dirname(dir), out, e);
-    json_decref(spec);
-    return rc;
+    return azc_jwt_keys_load_file(sh->set.keys_file, out, e);
 }
 
 static int worker_ready(void *arg, azc_err *why)

@@ -551,24 +551,32 @@ static int read_start(id_relay *r, azc_err *e)
     return AZC_OK;
 }
 
+/* Reads what the database sent: notifications are only wake-ups (the
+ * table is read next), so they are dropped. */
+static int drain_notifies(id_relay *r, azc_err *e)
+{
+    PGnotify *n;
+
+    if (!PQconsumeInput(r->pg))
+        return azc_err_set(e, AZC_EUNAVAIL, "relay: database link lost: %s",
+                           PQerrorMessage(r->pg));
+    while ((n = PQnotifies(r->pg)) != NULL)
+        PQfreemem(n);
+    return AZC_OK;
+}
+
 /* Waits up to ms for a NOTIFY or a stop. AZC_EUNAVAIL on stop or when the
  * database link is lost. */
 static int wait_notify(id_relay *r, int ms, azc_err *e)
 {
     struct pollfd fds[2] = { { PQsocket(r->pg), POLLIN, 0 }, { r->stop_pipe[0], POLLIN, 0 } };
-    PGnotify *n;
 
     if (poll(fds, 2, ms) < 0 && errno != EINTR)
         return azc_err_set(e, AZC_ERROR, "relay: poll: %s", strerror(errno));
     if (fds[1].revents)
         return azc_err_set(e, AZC_EUNAVAIL, "relay: stopping");
-    if (fds[0].revents) {
-        if (!PQconsumeInput(r->pg))
-            return azc_err_set(e, AZC_EUNAVAIL, "relay: database link lost: %s",
-                               PQerrorMessage(r->pg));
-        while ((n = PQnotifies(r->pg)) != NULL)
-            PQfreemem(n);
-    }
+    if (fds[0].revents)
+        return drain_notifies(r, e);
     return AZC_OK;
 }
 
@@ -698,7 +706,6 @@ static int session_run(id_relay *r, azc_err *e)
         return rc;
     for (;;) {
         struct pollfd fds[3];
-        PGnotify *n;
         int did = 0, sent = 0, timeout;
         uint64_t now;
 
@@ -746,13 +753,8 @@ static int session_run(id_relay *r, azc_err *e)
             return azc_err_set(e, AZC_ERROR, "relay: poll: %s", strerror(errno));
         if (fds[2].revents)
             return AZC_OK;
-        if (fds[0].revents) {
-            if (!PQconsumeInput(r->pg))
-                return azc_err_set(e, AZC_EUNAVAIL, "relay: database link lost: %s",
-                                   PQerrorMessage(r->pg));
-            while ((n = PQnotifies(r->pg)) != NULL)
-                PQfreemem(n);
-        }
+        if (fds[0].revents && (rc = drain_notifies(r, e)) != AZC_OK)
+            return rc;
     }
 }
 

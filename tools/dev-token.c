@@ -3,7 +3,7 @@
  * trying the services out. Development only: it signs whatever it is told
  * with the development key that tools/setup generates.
  *
- *   authz-dev-token --sub alice [--admin] [--ttl 3600] [--key FILE]
+ *   authz-dev-token --sub alice [--admin] [--scope S] [--ttl 3600] [--key FILE]
  *                   [--kid dev-1] [--alg ES256] [--iss authz-dev]
  *                   [--aud authz-admin] [--claim name=json]...
  *
@@ -24,14 +24,16 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: authz-dev-token --sub SUBJECT [--admin] [--ttl SECONDS] [--key FILE]\n"
-          "                       [--kid KID] [--alg ALG] [--iss ISSUER] [--aud AUDIENCE]\n"
-          "                       [--claim NAME=JSON]...\n"
+    fputs("usage: authz-dev-token --sub SUBJECT [--admin] [--scope SCOPES] [--ttl SECONDS]\n"
+          "                       [--key FILE] [--kid KID] [--alg ALG] [--iss ISSUER]\n"
+          "                       [--aud AUDIENCE] [--claim NAME=JSON]...\n"
           "\n"
           "Prints a JWT signed with the development key. Defaults: --ttl 3600,\n"
           "--key $AUTHZ_DEV_KEY (else .dev/keys/dev-es256.key under the repo),\n"
           "--kid dev-1, --alg ES256, --iss authz-dev, --aud authz-admin.\n"
-          "--admin adds the claim \"authz_admin\": true. A negative --ttl gives an\n"
+          "--admin adds the claim \"authz_admin\": true. --scope adds the claim\n"
+          "\"scope\" (space-separated names, e.g. \"authz:replicate\"; peers of an\n"
+          "authz-server with auth.keys_file need it). A negative --ttl gives an\n"
           "already expired token.\n",
           f);
 }
@@ -77,7 +79,7 @@ static int parse_ttl(const char *s, long *out)
 int main(int argc, char **argv)
 {
     const char *sub = NULL, *key_path = getenv("AUTHZ_DEV_KEY"), *kid = "dev-1", *alg = "ES256";
-    const char *iss = "authz-dev", *aud = "authz-admin";
+    const char *iss = "authz-dev", *aud = "authz-admin", *scope = NULL;
     json_t *claims = json_object();
     unsigned char *key;
     size_t key_len = 0;
@@ -115,6 +117,13 @@ int main(int argc, char **argv)
             iss = v;
         else if (strcmp(a, "--aud") == 0)
             aud = v;
+        else if (strcmp(a, "--scope") == 0) {
+            if (v[0] == '\0') {
+                fprintf(stderr, "authz-dev-token: --scope needs at least one scope name\n");
+                goto bad;
+            }
+            scope = v;
+        }
         else if (strcmp(a, "--ttl") == 0) {
             if (!parse_ttl(v, &ttl)) {
                 fprintf(stderr, "authz-dev-token: --ttl needs an integer number of seconds\n");
@@ -153,7 +162,8 @@ int main(int argc, char **argv)
         json_object_set_new(claims, "aud", json_string(aud)) != 0 ||
         json_object_set_new(claims, "iat", json_integer(now)) != 0 ||
         json_object_set_new(claims, "exp", json_integer(now + ttl)) != 0 ||
-        (admin && json_object_set_new(claims, "authz_admin", json_true()) != 0)) {
+        (admin && json_object_set_new(claims, "authz_admin", json_true()) != 0) ||
+        (scope != NULL && json_object_set_new(claims, "scope", json_string(scope)) != 0)) {
         fprintf(stderr, "authz-dev-token: cannot build the claims\n");
         json_decref(claims);
         return 1;

@@ -2,8 +2,14 @@
 # Integration test of tools/local-cluster itself: up on free ports in a
 # private run folder, env/status/second up, every PostgreSQL and the broker
 # answer, the topics exist with one partition, a half-up cluster is
-# repaired, down leaves no process, and a second down is a no-op. Takes
-# the binaries from $AUTHZ_BIN_DIR (default <repo>/build/bin).
+# repaired, down leaves no process, and a second down is a no-op. When
+# authz-replicator and authz-netem-proxy are built: up --delay-ms starts a
+# proxy per ordered pair with that delay and a replicator per region, a
+# change crosses regions through them, link cut/heal/delay/blackhole (both
+# ways and --one-way) change the proxies (checked through their control
+# port and with real requests), verify agrees, and a dead proxy is
+# repaired. Takes the binaries from $AUTHZ_BIN_DIR (default
+# <repo>/build/bin).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,7 +35,13 @@ running() {
     [ -n "$st" ] && [ "$st" != Z ]
 }
 
-"$cluster" up --regions us,eu --run-dir "$run_dir" --base-port auto
+delay=30
+"$cluster" up --regions us,eu --run-dir "$run_dir" --base-port auto --delay-ms $delay
+replication=0
+if [ -x "$bin_dir/authz-replicator" ] && [ -x "$bin_dir/authz-netem-proxy" ] &&
+   [ -x "$bin_dir/authz-server" ] && [ -x "$bin_dir/authz-identity" ]; then
+    replication=1
+fi
 
 env_text=$("$cluster" env --run-dir "$run_dir")
 for v in KAFKA_BOOTSTRAP AUTHZ_REGIONS AUTHZ_RUN_DIR PG_URL_US PG_URL_EU IDENTITY_TOPIC_US IDENTITY_TOPIC_EU; do
@@ -107,6 +119,101 @@ if [ -x "$bin_dir/authz-identity" ]; then
         done
         [ $allowed -eq 1 ] || fail "the assignment made in eu never became an allow in eu"
     fi
+fi
+
+# Replication through the proxies, and the links between the regions.
+if [ $replication -eq 1 ]; then
+    for v in REPLICATOR_URL_US REPLICATOR_URL_EU PROXY_URL_US_EU PROXY_URL_EU_US \
+             PROXY_CONTROL_US_EU PROXY_CONTROL_EU_US; do
+        grep -q "^$v=" <<<"$env_text" || fail "env lacks $v"
+    done
+    curl -fsS "$REPLICATOR_URL_US/readyz" >/dev/null || fail "replicator us not ready"
+    # The proxy's control protocol: one JSON line per command.
+    ctl() {
+        /usr/bin/python3 - "$1" "$2" <<'PY'
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+with socket.create_connection((host, int(port)), timeout=5) as s:
+    s.sendall(sys.argv[2].encode() + b"\n")
+    print(s.makefile("rb").readline().decode().strip())
+PY
+    }
+    field() { /usr/bin/python3 -c 'import json,sys; print(json.loads(sys.stdin.read())[sys.argv[1]])' "$1"; }
+    # Seconds a request through a proxy takes; fails when it fails.
+    through() { curl -sS -o /dev/null --max-time "${2:-5}" -w '%{time_total}' "$1/healthz"; }
+    ms() { /usr/bin/python3 -c 'import sys; print(int(float(sys.argv[1]) * 1000))' "$1"; }
+    for c in "$PROXY_CONTROL_US_EU" "$PROXY_CONTROL_EU_US"; do
+        st=$(ctl "$c" status)
+        [ "$(field mode <<<"$st")" = pass ] || fail "proxy $c not in pass mode: $st"
+        [ "$(field delay_ms <<<"$st")" = $delay ] || fail "proxy $c lacks the delay of up: $st"
+    done
+    st=$("$cluster" status --run-dir "$run_dir")
+    grep -q "^proxy-us-eu .* up .*pass, delay $delay ms" <<<"$st" ||
+        fail "status does not show proxy-us-eu with its delay: $st"
+    # A request through the proxy pays the delay both ways (one
+    # connection: the TCP handshake is local, the request and the answer
+    # cross it).
+    t=$(ms "$(through "$PROXY_URL_US_EU")") || fail "no answer through the proxy us->eu"
+    echo "local-cluster test: GET /healthz through a ${delay} ms proxy: $t ms"
+    [ "$t" -ge $((2 * delay - 5)) ] && [ "$t" -lt 1000 ] || fail "request through the proxy took $t ms"
+
+    # The assignment made in eu above reaches us's store through eu's feed,
+    # the proxy us->eu and us's replicator.
+    eu_rows() { [ "$(psql -X -tAc "select count(*) from authz.policies where origin = 'eu'" "$PG_URL_US")" -ge 1 ]; }
+    ok=0
+    for _ in $(seq 1 100); do if eu_rows; then ok=1; break; fi; sleep 0.1; done
+    [ $ok -eq 1 ] || fail "the policy made in eu never reached us through the replicator"
+    "$cluster" verify --run-dir "$run_dir" >/dev/null 2>&1 || fail "verify does not pass on a converged cluster"
+
+    # cut: both directions refuse at once; heal restores them.
+    out=$("$cluster" link cut us eu --run-dir "$run_dir") || fail "link cut failed"
+    [ "$(grep -c '"mode":"cut"' <<<"$out")" -eq 2 ] || fail "link cut did not cut both proxies: $out"
+    [ "$(field mode <<<"$(ctl "$PROXY_CONTROL_EU_US" status)")" = cut ] || fail "eu->us not cut"
+    start=$SECONDS
+    ! through "$PROXY_URL_US_EU" 5 >/dev/null 2>&1 || fail "a request crossed a cut link"
+    [ $((SECONDS - start)) -le 2 ] || fail "a cut link did not fail at once"
+    "$cluster" link heal us eu --run-dir "$run_dir" >/dev/null || fail "link heal failed"
+    through "$PROXY_URL_US_EU" >/dev/null || fail "no answer through us->eu after heal"
+    through "$PROXY_URL_EU_US" >/dev/null || fail "no answer through eu->us after heal"
+
+    # --one-way: only us->eu, the proxy us's replicator uses to reach eu.
+    "$cluster" link delay us eu 120 --one-way --run-dir "$run_dir" >/dev/null || fail "link delay failed"
+    [ "$(field delay_ms <<<"$(ctl "$PROXY_CONTROL_US_EU" status)")" = 120 ] || fail "us->eu delay not set"
+    [ "$(field delay_ms <<<"$(ctl "$PROXY_CONTROL_EU_US" status)")" = $delay ] || fail "--one-way changed eu->us"
+    t=$(ms "$(through "$PROXY_URL_US_EU")")
+    [ "$t" -ge 235 ] || fail "a 120 ms link answered in $t ms"
+    "$cluster" link blackhole us eu --one-way --run-dir "$run_dir" >/dev/null || fail "link blackhole failed"
+    rc=0; through "$PROXY_URL_US_EU" 1 >/dev/null 2>&1 || rc=$?
+    [ $rc -eq 28 ] || fail "a blackholed link did not stall until the client's timeout (curl exit $rc)"
+    through "$PROXY_URL_EU_US" >/dev/null || fail "--one-way blackholed eu->us too"
+    "$cluster" link heal us eu --run-dir "$run_dir" >/dev/null || fail "link heal failed"
+    "$cluster" link delay us eu $delay --run-dir "$run_dir" >/dev/null || fail "link delay both ways failed"
+    [ "$(field mode <<<"$(ctl "$PROXY_CONTROL_US_EU" status)")" = pass ] || fail "us->eu not healed"
+
+    # A dead proxy shows in status and up starts it again with the delay.
+    kill -KILL "$(cat "$run_dir/pids/proxy-eu-us.pid")"
+    wait_gone() {
+        local deadline=$((SECONDS + 10))
+        until ! running "$1"; do
+            [ $SECONDS -lt $deadline ] || fail "process $1 survived SIGKILL"
+            sleep 0.1
+        done
+    }
+    wait_gone "$(cat "$run_dir/pids/proxy-eu-us.pid")"
+    st=$("$cluster" status --run-dir "$run_dir") && fail "status exited 0 with a dead proxy"
+    grep -q "^proxy-eu-us .* down" <<<"$st" || fail "a dead proxy shows as up: $st"
+    "$cluster" up --run-dir "$run_dir" >/dev/null || fail "up did not restart the dead proxy"
+    [ "$(field delay_ms <<<"$(ctl "$PROXY_CONTROL_EU_US" status)")" = $delay ] || fail "restarted proxy lost the delay"
+
+    # Bad link commands: exit 2, clear message.
+    for args in "link cut us" "link cut us us" "link delay us eu" "link delay us eu -5" \
+                "link frob us eu" "link cut us xx" "status --one-way" "up --delay-ms x"; do
+        set +e
+        # shellcheck disable=SC2086 # one word per argument
+        msg=$("$cluster" $args --run-dir "$run_dir" 2>&1 >/dev/null); rc=$?
+        set -e
+        [ $rc -eq 2 ] && [ -n "$msg" ] || fail "\"$args\" exited $rc (message: $msg)"
+    done
 fi
 
 # Half up: a crashed PostgreSQL shows in status (exit 3) and env refuses;

@@ -1,12 +1,15 @@
 """The change feed: a follower sees every change once and in order, the
 long poll waits without blocking the server, expired cursors get 410, and
 waiters are answered by one read per wake-up (fan-out), watermark changes
-waking only those that asked for them."""
+waking only those that asked for them; streams (stream=1) carry the same
+messages on one chunked answer, coalesce for a slow reader, and are freed
+when their client goes."""
 import http.client
 import json
 import os
 import re
 import select
+import socket
 import subprocess
 import threading
 import time
@@ -296,3 +299,351 @@ def test_waiters_keep_limit_and_gone_semantics(quiet):
         status, _, body = p.result()
         assert status == 410 and body["error"]["code"] == "cursor_expired", body
         assert p.elapsed < 3
+
+
+# ---- streams (stream=1): one chunked answer, one line per message --------------
+
+class Stream:
+    """One stream=1 answer on a raw socket, read a line at a time. rcvbuf
+    shrinks the socket's receive buffer (set before connecting, so the
+    window stays small): a reader that stops reading then stalls the
+    server's writes after a few kilobytes."""
+
+    def __init__(self, server, rcvbuf=None, method="GET", **params):
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(60)
+        self.sock.connect(("127.0.0.1", server.port))
+        query = urlencode({"stream": 1, **params})
+        self.sock.sendall(f"{method} /v1/policy/changes?{query} HTTP/1.1\r\n"
+                          "Host: test\r\n\r\n".encode())
+        self.f = self.sock.makefile("rb")
+        self.status = int(self.f.readline().split()[1])
+        self.headers = {}
+        while True:
+            h = self.f.readline()
+            if h in (b"\r\n", b""):
+                break
+            k, v = h.decode().split(":", 1)
+            self.headers[k.strip().lower()] = v.strip()
+        self.buf = b""
+        self.ended = False      # the terminating chunk came
+        self.cut = False        # the connection closed without it
+
+    def line(self, timeout=30):
+        """The next line (b"" is a keep-alive); None once the answer ends."""
+        self.sock.settimeout(timeout)
+        while b"\n" not in self.buf:
+            if self.ended or self.cut:
+                assert self.buf == b"", f"partial line at the end: {self.buf[:200]!r}"
+                return None
+            size = self.f.readline()
+            if size == b"":
+                self.cut = True
+                continue
+            assert size.endswith(b"\r\n"), f"bad chunk header {size!r}"
+            data = self.f.read(int(size, 16) + 2)
+            assert data.endswith(b"\r\n"), "chunk cut short"
+            if int(size, 16) == 0:
+                self.ended = True
+            self.buf += data[:-2]
+        text, self.buf = self.buf.split(b"\n", 1)
+        return text
+
+    def message(self, timeout=30):
+        """The next message, keep-alives skipped."""
+        while True:
+            text = self.line(timeout)
+            assert text is not None, "the stream ended"
+            if text:
+                return json.loads(text)
+
+    def body(self):
+        """The JSON body of a non-stream answer (400, 410 ...)."""
+        return json.loads(self.f.read(int(self.headers["content-length"])))
+
+    def close(self):
+        self.f.close()
+        self.sock.close()
+
+
+def streams(server):
+    return metric(server, "authz_feed_streams")
+
+
+def close_streams(server, *opened):
+    """Closes the clients and waits until the server has freed their
+    streams: it notices at a write, so commit one row per look."""
+    for s in opened:
+        s.close()
+
+    def freed():
+        add_users(server, 1)
+        return streams(server) == 0
+    wait_until(freed, 30, "the server to free the closed streams")
+
+
+def add_big_rows(server, n, size):
+    """Commits n users whose subjects are `size` bytes, one transaction (and
+    one notification) each."""
+    script = "".join("INSERT INTO authz.users (user_id, subject, hlc, origin, origin_seq)"
+                     f" VALUES (gen_random_uuid(), 'big{i}-' || repeat('x', {size}), 1, 'zz',"
+                     f" {i});\n" for i in range(n))
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", server.pg_url], input=script,
+                   text=True, check=True, capture_output=True)
+
+
+def test_stream_sends_each_change_once_in_order(quiet):
+    cur = head(quiet)
+    s = Stream(quiet, after=cur)
+    assert s.status == 200
+    assert s.headers["content-type"] == "application/x-ndjson"
+    assert s.headers["transfer-encoding"] == "chunked"
+    first = s.message()
+    # The current state at once, nothing after the cursor yet.
+    assert first == {"changes": [], "cursor": str(cur), "more": False,
+                     "watermarks": first["watermarks"]}
+    wait_until(lambda: streams(quiet) == 1, 30, "the stream to be counted")
+    for i in range(1, 4):
+        add_users(quiet, 1)
+        m = s.message()
+        assert [c["seq"] for c in m["changes"]] == [cur + i], m
+        assert m["changes"][0]["row"]["subject"] == "fan1"
+        assert m["cursor"] == str(cur + i) and m["more"] is False and "watermarks" in m
+    # A burst: every row once and in order, each cursor the last row sent.
+    for _ in range(15):
+        add_users(quiet, 2)
+    got = []
+    while len(got) < 30:
+        m = s.message()
+        assert m["changes"] and m["cursor"] == str(m["changes"][-1]["seq"]), m
+        got += [c["seq"] for c in m["changes"]]
+    assert got == list(range(cur + 4, cur + 34)), "gap, duplicate or disorder"
+
+    # Streams on one cursor share the wake-up read and its serialised line.
+    at = head(quiet)
+    more = [Stream(quiet, after=at) for _ in range(40)]
+    for o in more:
+        assert o.message()["cursor"] == str(at)
+    wait_until(lambda: streams(quiet) == 41, 30, "41 streams")
+    wakeups = metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"})
+    catchups = metric(quiet, "authz_feed_reads_total", **{"for": "stream"})
+    add_users(quiet, 1)
+    lines = {o.line() for o in more + [s]}
+    assert len(lines) == 1, lines
+    assert [c["seq"] for c in json.loads(lines.pop())["changes"]] == [at + 1]
+    assert metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"}) - wakeups <= 2
+    assert metric(quiet, "authz_feed_reads_total", **{"for": "stream"}) == catchups
+    close_streams(quiet, s, *more)
+
+
+def test_stream_follower_matches_snapshot(identity, admin, authz):
+    snap = authz.snapshot()
+    state = load(snap)
+    cursor = int(snap["cursor"])
+    # watermarks=1: the relay's heartbeats bring a message at least every
+    # 200 ms, so the follower sees the end target once it is set.
+    s = Stream(authz, after=cursor, limit=50, watermarks=1)
+    assert s.status == 200
+    seen, errors = [], []
+    target = {}
+
+    def follow():
+        nonlocal cursor
+        try:
+            while True:
+                m = s.message(timeout=60)
+                for c in m["changes"]:
+                    seen.append(c["seq"])
+                    k = key(c["kind"], c["row"])
+                    if c["row"]["deleted"]:
+                        state.pop(k, None)
+                    else:
+                        state[k] = c["row"]
+                cursor = int(m["cursor"])
+                if "end" in target and cursor >= target["end"] and not m["more"]:
+                    return
+        except Exception as e:
+            errors.append(e)
+
+    t = threading.Thread(target=follow)
+    t.start()
+    last = None
+    users, teams = [], []
+    for i in range(60):
+        u = admin.post("/v1/users", {"subject": f"sfeed{i}", "email": "f@x.io", "name": "f"})
+        users.append(u.json()["id"])
+        if i % 3 == 0:
+            teams.append(admin.post("/v1/teams", {"name": f"sfeed-team-{i}"}).json()["id"])
+        r = admin.put(f"/v1/teams/{teams[-1]}/members/{users[-1]}")
+        last = r.headers["Authz-Revision"]
+        if i % 5 == 4:
+            last = admin.delete(f"/v1/users/{users[i - 2]}").headers["Authz-Revision"]
+    authz.wait_applied(last)
+    target["end"] = int(authz.status()["feed"]["cursor"])
+    t.join(60)
+    assert not t.is_alive() and not errors, errors
+    first = int(snap["cursor"]) + 1
+    assert seen == list(range(first, first + len(seen))), "gap, duplicate or disorder"
+    assert len(seen) >= 60 + 60 + 12
+    assert state == load(authz.snapshot())
+    s.close()
+
+
+def test_stream_watermarks(quiet):
+    cur = head(quiet)
+    wm = Stream(quiet, after=cur, watermarks=1)
+    plain = Stream(quiet, after=cur)
+    wm.message()
+    plain.message()
+    wait_until(lambda: streams(quiet) == 2, 30, "2 streams")
+    for applied, known in ((11, 13), (12, 14)):
+        quiet.sql("INSERT INTO authz.watermarks (origin, applied_hlc, known_hlc)"
+                  f" VALUES ('zz', {applied}, {known}) ON CONFLICT (origin) DO UPDATE"
+                  f" SET applied_hlc = {applied}, known_hlc = {known};"
+                  " SELECT pg_notify('authz_watermarks', '')")
+        m = wm.message()
+        assert m == {"changes": [], "cursor": str(cur), "more": False,
+                     "watermarks": {**m["watermarks"],
+                                    "zz": {"applied": applied, "known": known}}}, m
+    # The same watermarks again: no message. The next one either stream
+    # gets is the row committed after it (so watermark-only wake-ups never
+    # reached the stream without watermarks=1 either).
+    quiet.sql("SELECT pg_notify('authz_watermarks', '')")
+    add_users(quiet, 1)
+    for s in (wm, plain):
+        m = s.message()
+        assert [c["seq"] for c in m["changes"]] == [cur + 1], m
+        assert m["watermarks"]["zz"] == {"applied": 12, "known": 14}
+    close_streams(quiet, wm, plain)
+
+
+def test_stream_limit_cuts_messages(quiet):
+    cur = head(quiet)
+    s = Stream(quiet, after=cur, limit=1)
+    assert s.message()["cursor"] == str(cur)
+    add_users(quiet, 5)
+    for i in range(5):
+        m = s.message()
+        assert [c["seq"] for c in m["changes"]] == [cur + 1 + i], m
+        assert m["cursor"] == str(cur + 1 + i)
+        assert m["more"] is (i < 4)
+        # Watermarks only with a message the limit did not cut.
+        assert ("watermarks" in m) is (i == 4)
+    close_streams(quiet, s)
+
+
+def test_stream_slow_reader_gets_everything_coalesced(quiet):
+    cur = head(quiet)
+    s = Stream(quiet, rcvbuf=4096, after=cur, limit=100)
+    s.message()
+    wait_until(lambda: streams(quiet) == 1, 30, "the stream to be counted")
+    # The reader stops while 1,000 transactions commit, 4 KB rows each: the
+    # socket buffers fill after a few, and the server must neither queue a
+    # message per commit nor drop any.
+    add_big_rows(quiet, 1000, 4000)
+    msgs, seqs = 0, []
+    while len(seqs) < 1000:
+        m = s.message()
+        msgs += 1
+        assert m["cursor"] == str(m["changes"][-1]["seq"]) and len(m["changes"]) <= 100
+        for c in m["changes"]:
+            assert c["row"]["subject"] == f"big{len(seqs)}-" + "x" * 4000
+            seqs.append(c["seq"])
+    assert seqs == list(range(cur + 1, cur + 1001)), "gap, duplicate or disorder"
+    assert m["more"] is False and "watermarks" in m
+    assert msgs < 500, f"{msgs} messages for 1,000 commits: nothing was coalesced"
+    close_streams(quiet, s)
+
+
+def test_stream_client_gone_is_freed(quiet):
+    opened = [Stream(quiet, after=head(quiet), watermarks=w) for w in (0, 1, 0)]
+    for s in opened:
+        s.message()
+    # One more that stops reading with a message still being written.
+    stalled = Stream(quiet, rcvbuf=4096, after=head(quiet))
+    stalled.message()
+    wait_until(lambda: streams(quiet) == 4, 30, "4 streams")
+    add_big_rows(quiet, 50, 20000)
+    close_streams(quiet, *opened, stalled)
+
+
+def test_stream_bad_parameters(quiet):
+    cur = head(quiet)
+    for q in (f"after={cur}&stream=2", f"after={cur}&stream=yes", f"after={cur}&stream=1&wait=0",
+              f"after={cur}&stream=1&wait=1000", f"after={cur}&stream=1&limit=0",
+              f"after={cur}&stream=1&limit=10001", f"after={cur}&stream=1&watermarks=2",
+              "stream=1", "after=x&stream=1"):
+        r = quiet.get("/v1/policy/changes?" + q)
+        assert r.status_code == 400, (q, r.text)
+        assert r.json()["error"]["code"] == "invalid_request", (q, r.text)
+    # A cursor outside the feed gets the long poll's 410, before any stream.
+    for after in (cur + 1000, 999999999):
+        s = Stream(quiet, after=after)
+        assert s.status == 410 and s.body()["error"]["code"] == "cursor_expired"
+        s.close()
+    # HEAD: the head of a stream and an empty body, not a stream left open.
+    r = requests.head(f"{quiet.url}/v1/policy/changes?after={cur}&stream=1", timeout=30)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/x-ndjson"
+    assert streams(quiet) == 0
+
+
+def test_stream_keepalive(cluster, workdir):
+    topic = f"feed-keepalive.{uuid.uuid4().hex[:8]}"
+    subprocess.run([os.path.join(BIN, "authz-kafka-admin"), "create-topics", "--bootstrap",
+                    cluster["KAFKA_BOOTSTRAP"], topic], check=True, capture_output=True)
+    srv = Authz(cluster, workdir, topic, "keepalive",
+                extra={"feed": {"stream_keepalive_ms": 1000}}).start()
+    try:
+        s = Stream(srv, after=head(srv))
+        s.message()
+        t0 = time.monotonic()
+        # Nothing commits: the next line is a keep-alive, one interval on.
+        assert s.line(timeout=20) == b""
+        assert 0.8 < time.monotonic() - t0 < 10
+        close_streams(srv, s)
+        srv.stop()
+    finally:
+        srv.kill()
+
+
+def test_stream_cursor_pruned_and_shutdown(cluster, workdir):
+    topic = f"feed-prune.{uuid.uuid4().hex[:8]}"
+    subprocess.run([os.path.join(BIN, "authz-kafka-admin"), "create-topics", "--bootstrap",
+                    cluster["KAFKA_BOOTSTRAP"], topic], check=True, capture_output=True)
+    srv = Authz(cluster, workdir, topic, "sprune",
+                extra={"feed": {"retain": 10, "prune_interval_ms": 100}}).start()
+    try:
+        cur = head(srv)
+        s = Stream(srv, rcvbuf=4096, after=cur, limit=1)
+        s.message()
+        # The reader stalls behind 64 KB messages while the rows after its
+        # cursor commit and are pruned.
+        add_big_rows(srv, 120, 64000)
+        wait_until(lambda: int(srv.sql("SELECT pruned_through FROM authz.feed_state"))
+                   >= cur + 100, 30, "the feed to be pruned")
+        pruned = int(srv.sql("SELECT pruned_through FROM authz.feed_state"))
+        got = []
+        while True:
+            text = s.line()
+            assert text is not None, "the stream ended without an error line"
+            m = json.loads(text)
+            if "error" in m:
+                break
+            got += [c["seq"] for c in m["changes"]]
+        assert m["error"]["code"] == "cursor_expired", m
+        assert got == list(range(cur + 1, cur + 1 + len(got))) and cur + len(got) < pruned
+        assert s.line() is None and s.ended, "no clean end after the error line"
+        s.close()
+        # Shutdown with a stream open: a clean exit (and, in the sanitizer
+        # build, no leak); the client sees whole lines, then the close.
+        live = Stream(srv, after=head(srv), watermarks=1)
+        live.message()
+        wait_until(lambda: streams(srv) == 1, 30, "the stream to be counted")
+        srv.stop()
+        while live.line(timeout=30) is not None:
+            pass
+        live.close()
+    finally:
+        srv.stop()

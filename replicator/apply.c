@@ -1,0 +1,538 @@
+/*
+ * One peer answer -> one local transaction (DESIGN section 5).
+ *
+ * Every row is checked in C first (JSON types, members, the kind), then
+ * upserted with the same last-writer-wins guard as authz/apply.c:
+ * "WHERE (t.hlc, t.origin) < (new hlc, new origin)", so the order in
+ * which regions' rows arrive never matters and a row applied twice is a
+ * no-op. Rows of this region's own origin are skipped: its consumer is
+ * their only writer here.
+ *
+ * Bad rows go to authz.replication_dead_letters with their raw JSON and
+ * the reason; the others still apply. A row that passes the C checks but
+ * fails in PostgreSQL (a uuid that is not one, a CHECK) would abort the
+ * transaction, so the batch first runs without savepoints (the common
+ * case costs one statement per row) and, only when a row statement
+ * fails, is rolled back and run again with a savepoint around each row.
+ *
+ * The peer's cursor is stored, and its watermarks adopted, in the same
+ * transaction: a crash between two answers neither loses nor repeats one.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/pg.h"
+#include "replicator/apply.h"
+
+const char *const rp_kind_names[RP_NKINDS] = { "user", "membership", "policy" };
+
+static const char SQL_USER[] =
+    "INSERT INTO authz.users AS t (user_id, subject, hlc, origin, origin_seq, deleted)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+    " ON CONFLICT (user_id) DO UPDATE SET subject = EXCLUDED.subject, hlc = EXCLUDED.hlc,"
+    "   origin = EXCLUDED.origin, origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
+    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+static const char SQL_MEMBERSHIP[] =
+    "INSERT INTO authz.memberships AS t (team_id, user_id, hlc, origin, origin_seq, deleted)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+    " ON CONFLICT (team_id, user_id) DO UPDATE SET hlc = EXCLUDED.hlc, origin = EXCLUDED.origin,"
+    "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
+    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+static const char SQL_POLICY[] =
+    "INSERT INTO authz.policies AS t (assignment_id, principal_type, principal_id, role_id,"
+    "                                 region, resource, permissions, hlc, origin, origin_seq,"
+    "                                 deleted)"
+    " VALUES ($1, $2, $3, $4, $5, $6, ARRAY(SELECT jsonb_array_elements_text($7::jsonb)),"
+    "         $8, $9, $10, $11)"
+    " ON CONFLICT (assignment_id) DO UPDATE SET principal_type = EXCLUDED.principal_type,"
+    "   principal_id = EXCLUDED.principal_id, role_id = EXCLUDED.role_id,"
+    "   region = EXCLUDED.region, resource = EXCLUDED.resource,"
+    "   permissions = EXCLUDED.permissions, hlc = EXCLUDED.hlc, origin = EXCLUDED.origin,"
+    "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
+    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+static const char SQL_DEAD[] =
+    "INSERT INTO authz.replication_dead_letters (peer, feed_seq, raw, reason)"
+    " VALUES ($1, $2, $3, $4)";
+static const char SQL_CURSOR_FEED[] =
+    "INSERT INTO authz.replication_cursors (peer, cursor) VALUES ($1, $2)"
+    " ON CONFLICT (peer) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()";
+static const char SQL_CURSOR_SNAPSHOT[] =
+    "INSERT INTO authz.replication_cursors (peer, cursor, resynced_at) VALUES ($1, $2, now())"
+    " ON CONFLICT (peer) DO UPDATE SET cursor = EXCLUDED.cursor, resynced_at = now(),"
+    "   updated_at = now()";
+static const char SQL_CURSOR_LOAD[] =
+    "SELECT cursor FROM authz.replication_cursors WHERE peer = $1";
+static const char SQL_PEER_WATERMARK[] =
+    "INSERT INTO authz.peer_watermarks (peer, origin, applied_hlc, known_hlc)"
+    " VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (peer, origin) DO UPDATE SET applied_hlc = EXCLUDED.applied_hlc,"
+    "   known_hlc = EXCLUDED.known_hlc, updated_at = now()";
+/* Never lowers a watermark; updated_at moves only when known_hlc rises,
+ * since authz-server reads a stale updated_at as a silent origin. The
+ * WHERE keeps an unchanged row untouched (and out of the result count). */
+static const char SQL_ADOPT_WATERMARK[] =
+    "INSERT INTO authz.watermarks AS t (origin, applied_hlc, known_hlc, source)"
+    " VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (origin) DO UPDATE SET"
+    "   applied_hlc = greatest(t.applied_hlc, EXCLUDED.applied_hlc),"
+    "   known_hlc = greatest(t.known_hlc, EXCLUDED.known_hlc),"
+    "   updated_at = CASE WHEN EXCLUDED.known_hlc > t.known_hlc THEN now() ELSE t.updated_at END,"
+    "   source = EXCLUDED.source"
+    " WHERE EXCLUDED.applied_hlc > t.applied_hlc OR EXCLUDED.known_hlc > t.known_hlc";
+/* The local feed's waiters with watermarks=1 answer when this fires, so a
+ * raised watermark travels on to the other regions. */
+static const char SQL_NOTIFY_WATERMARKS[] = "SELECT pg_notify('authz_watermarks', '')";
+static const char SQL_SAVEPOINT[] = "SAVEPOINT rp_row";
+static const char SQL_RELEASE[] = "RELEASE SAVEPOINT rp_row";
+static const char SQL_ROLLBACK_TO[] = "ROLLBACK TO SAVEPOINT rp_row";
+
+#define MAX_PARAMS 11
+#define RP_WHY_LEN 512
+#define NUM_LEN 24
+
+/* One row to apply. */
+typedef struct item {
+    int kind;                 /* RP_KIND_*, or -1 when the element is bad */
+    json_t *row;              /* borrowed */
+    json_t *raw;              /* borrowed: what a dead letter records */
+    long long seq;            /* the peer's feed seq; -1 from a snapshot or unknown */
+    const char *bad;          /* why the element cannot be applied (static text) */
+    int own;                  /* a row of this region's origin */
+    int nparams;
+    const char *params[MAX_PARAMS];
+    char nums[3][NUM_LEN];    /* hlc, origin_seq, deleted */
+    char *perms;              /* policies: the permissions array as JSON */
+} item;
+
+/* A string member without NUL bytes (PostgreSQL text cannot hold one). */
+static const char *str_member(json_t *row, const char *name)
+{
+    json_t *v = json_object_get(row, name);
+    const char *s;
+
+    if (!json_is_string(v))
+        return NULL;
+    s = json_string_value(v);
+    return strlen(s) == json_string_length(v) ? s : NULL;
+}
+
+/* Checks a row of `kind` and fills it->params. NULL or the reason. */
+static const char *row_prepare(item *it)
+{
+    json_t *row = it->row, *hlc, *oseq, *del, *perms;
+    const char *origin;
+    size_t i;
+    int n = 0;
+
+    if (!json_is_object(row))
+        return "row is not an object";
+    hlc = json_object_get(row, "hlc");
+    oseq = json_object_get(row, "origin_seq");
+    del = json_object_get(row, "deleted");
+    origin = str_member(row, "origin");
+    if (!json_is_integer(hlc) || json_integer_value(hlc) < 0)
+        return "hlc is not a non-negative integer";
+    if (!json_is_integer(oseq) || json_integer_value(oseq) < 0)
+        return "origin_seq is not a non-negative integer";
+    if (!json_is_boolean(del))
+        return "deleted is not a boolean";
+    if (origin == NULL || origin[0] == '\0')
+        return "origin is not a non-empty string";
+    snprintf(it->nums[0], NUM_LEN, "%lld", (long long)json_integer_value(hlc));
+    snprintf(it->nums[1], NUM_LEN, "%lld", (long long)json_integer_value(oseq));
+    snprintf(it->nums[2], NUM_LEN, "%s", json_is_true(del) ? "true" : "false");
+    switch (it->kind) {
+    case RP_KIND_USER:
+        if ((it->params[n++] = str_member(row, "user_id")) == NULL)
+            return "user_id is not a string";
+        if ((it->params[n++] = str_member(row, "subject")) == NULL)
+            return "subject is not a string";
+        break;
+    case RP_KIND_MEMBERSHIP:
+        if ((it->params[n++] = str_member(row, "team_id")) == NULL)
+            return "team_id is not a string";
+        if ((it->params[n++] = str_member(row, "user_id")) == NULL)
+            return "user_id is not a string";
+        break;
+    case RP_KIND_POLICY:
+        if ((it->params[n++] = str_member(row, "assignment_id")) == NULL)
+            return "assignment_id is not a string";
+        if ((it->params[n++] = str_member(row, "principal_type")) == NULL)
+            return "principal_type is not a string";
+        if ((it->params[n++] = str_member(row, "principal_id")) == NULL)
+            return "principal_id is not a string";
+        if ((it->params[n++] = str_member(row, "role_id")) == NULL)
+            return "role_id is not a string";
+        if ((it->params[n++] = str_member(row, "region")) == NULL)
+            return "region is not a string";
+        if ((it->params[n++] = str_member(row, "resource")) == NULL)
+            return "resource is not a string";
+        perms = json_object_get(row, "permissions");
+        if (!json_is_array(perms))
+            return "permissions is not an array";
+        for (i = 0; i < json_array_size(perms); i++) {
+            json_t *p = json_array_get(perms, i);
+
+            if (!json_is_string(p) || strlen(json_string_value(p)) != json_string_length(p))
+                return "permissions holds a non-string";
+        }
+        if ((it->perms = json_dumps(perms, JSON_COMPACT)) == NULL)
+            return "permissions cannot be encoded";
+        it->params[n++] = it->perms;
+        break;
+    default:
+        return "unknown kind";
+    }
+    it->params[n++] = it->nums[0];
+    it->params[n++] = origin;
+    it->params[n++] = it->nums[1];
+    it->params[n++] = it->nums[2];
+    it->nparams = n;
+    return NULL;
+}
+
+static void item_check(item *it, const rp_apply_ctx *ctx)
+{
+    if (it->bad == NULL)
+        it->bad = row_prepare(it);
+    if (it->bad == NULL)
+        it->own = strcmp(json_string_value(json_object_get(it->row, "origin")), ctx->region) == 0;
+}
+
+static int kind_parse(const char *s)
+{
+    int k;
+
+    for (k = 0; s != NULL && k < RP_NKINDS; k++)
+        if (strcmp(s, rp_kind_names[k]) == 0)
+            return k;
+    return -1;
+}
+
+/* Parses a cursor: a decimal string (or an integer), >= 0. */
+static int cursor_parse(json_t *v, long long *out)
+{
+    const char *s;
+    char *end;
+    long long n;
+
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return *out >= 0 ? 0 : -1;
+    }
+    if (!json_is_string(v))
+        return -1;
+    s = json_string_value(v);
+    if (s[0] < '0' || s[0] > '9')
+        return -1;
+    errno = 0;
+    n = strtoll(s, &end, 10);
+    if (errno != 0 || *end != '\0' || n < 0)
+        return -1;
+    *out = n;
+    return 0;
+}
+
+static int dead_letter(PGconn *c, const rp_apply_ctx *ctx, const item *it, const char *reason,
+                       azc_err *e)
+{
+    char seq[NUM_LEN];
+    char *raw = json_dumps(it->raw, JSON_COMPACT | JSON_ENCODE_ANY);
+    const char *p[4];
+    int rc;
+
+    if (raw == NULL)
+        return azc_err_set(e, AZC_ENOMEM, "cannot encode a dead letter");
+    snprintf(seq, sizeof seq, "%lld", it->seq);
+    p[0] = ctx->peer;
+    p[1] = it->seq >= 0 ? seq : NULL;
+    p[2] = raw;
+    p[3] = reason;
+    rc = azc_pg_query(c, SQL_DEAD, 4, p, NULL, e);
+    free(raw);
+    return rc;
+}
+
+/* A row statement's failure that belongs to the row (bad data: class 22,
+ * integrity: class 23) rather than to the database. */
+static int row_error(const PGresult *r)
+{
+    const char *st = azc_pg_sqlstate(r);
+
+    return strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0;
+}
+
+static const char *const SQL_KIND[RP_NKINDS] = { SQL_USER, SQL_MEMBERSHIP, SQL_POLICY };
+
+/*
+ * Runs one row statement. 1 applied, 0 older (skipped by the LWW guard),
+ * AZC_ECONFLICT a row error (message in `why`), other codes: the database.
+ */
+static int row_apply(PGconn *c, const item *it, char *why, size_t whylen, azc_err *e)
+{
+    PGresult *r = PQexecParams(c, SQL_KIND[it->kind], it->nparams, NULL, it->params, NULL,
+                               NULL, 0);
+    ExecStatusType st = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    int rc;
+
+    if (st == PGRES_COMMAND_OK) {
+        rc = strcmp(PQcmdTuples(r), "0") != 0;
+        PQclear(r);
+        return rc;
+    }
+    if (r != NULL && row_error(r)) {
+        const char *m = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+
+        snprintf(why, whylen, "postgres %s: %s", azc_pg_sqlstate(r), m != NULL ? m : "");
+        PQclear(r);
+        return AZC_ECONFLICT;
+    }
+    PQclear(r);
+    if (PQstatus(c) != CONNECTION_OK)
+        return azc_err_set(e, AZC_EUNAVAIL, "postgres: connection lost: %s", PQerrorMessage(c));
+    return azc_err_set(e, AZC_ERROR, "postgres: %s", PQerrorMessage(c));
+}
+
+static int adopt_watermarks(PGconn *c, const rp_apply_ctx *ctx, json_t *wm,
+                            rp_apply_result *res, azc_err *e)
+{
+    const char *origin;
+    json_t *v;
+    int rc;
+
+    json_object_foreach(wm, origin, v) {
+        json_t *ja = json_object_get(v, "applied"), *jk = json_object_get(v, "known");
+        char a[NUM_LEN], k[NUM_LEN];
+        const char *p[4];
+        PGresult *r = NULL;
+
+        if (!json_is_integer(ja) || !json_is_integer(jk) || json_integer_value(ja) < 0 ||
+            json_integer_value(jk) < 0 || origin[0] == '\0') {
+            azc_logf(ctx->log, AZC_LOG_WARN, "peer %s: ignoring a malformed watermark for %s",
+                     ctx->peer, origin);
+            continue;
+        }
+        snprintf(a, sizeof a, "%lld", (long long)json_integer_value(ja));
+        snprintf(k, sizeof k, "%lld", (long long)json_integer_value(jk));
+        p[0] = ctx->peer;
+        p[1] = origin;
+        p[2] = a;
+        p[3] = k;
+        if ((rc = azc_pg_query(c, SQL_PEER_WATERMARK, 4, p, NULL, e)) != AZC_OK)
+            return rc;
+        if (strcmp(origin, ctx->region) == 0)
+            continue;
+        p[0] = origin;
+        p[1] = a;
+        p[2] = k;
+        p[3] = ctx->peer;
+        if ((rc = azc_pg_query(c, SQL_ADOPT_WATERMARK, 4, p, &r, e)) != AZC_OK)
+            return rc;
+        if (strcmp(PQcmdTuples(r), "0") != 0)
+            res->watermarks_raised = 1;
+        PQclear(r);
+    }
+    if (res->watermarks_raised)
+        return azc_pg_query(c, SQL_NOTIFY_WATERMARKS, 0, NULL, NULL, e);
+    return AZC_OK;
+}
+
+/*
+ * One attempt at the transaction. With savepoints == 0 a row error rolls
+ * everything back and sets *retry. Rolls back on any failure.
+ */
+static int run_tx(PGconn *c, const rp_apply_ctx *ctx, item *items, size_t n, long long cursor,
+                  int snapshot, json_t *wm, int savepoints, int *retry, rp_apply_result *res,
+                  azc_err *e)
+{
+    char cur[NUM_LEN], why[RP_WHY_LEN];
+    const char *p[2];
+    size_t i;
+    int rc;
+
+    memset(res, 0, sizeof *res);
+    *retry = 0;
+    if ((rc = azc_pg_begin(c, e)) != AZC_OK)
+        return rc;
+    for (i = 0; i < n; i++) {
+        item *it = &items[i];
+
+        if (it->bad != NULL) {
+            if ((rc = dead_letter(c, ctx, it, it->bad, e)) != AZC_OK)
+                goto fail;
+            res->dead++;
+            continue;
+        }
+        if (it->own) {
+            res->own_origin++;
+            continue;
+        }
+        if (savepoints && (rc = azc_pg_query(c, SQL_SAVEPOINT, 0, NULL, NULL, e)) != AZC_OK)
+            goto fail;
+        rc = row_apply(c, it, why, sizeof why, e);
+        if (rc == AZC_ECONFLICT) {
+            if (!savepoints) {
+                azc_pg_rollback(c);
+                *retry = 1;
+                return rc;
+            }
+            if ((rc = azc_pg_query(c, SQL_ROLLBACK_TO, 0, NULL, NULL, e)) != AZC_OK ||
+                (rc = dead_letter(c, ctx, it, why, e)) != AZC_OK)
+                goto fail;
+            res->dead++;
+            continue;
+        }
+        if (rc < 0)
+            goto fail;
+        if (rc == 1)
+            res->applied[it->kind]++;
+        else
+            res->older++;
+        if (savepoints && (rc = azc_pg_query(c, SQL_RELEASE, 0, NULL, NULL, e)) != AZC_OK)
+            goto fail;
+    }
+    snprintf(cur, sizeof cur, "%lld", cursor);
+    p[0] = ctx->peer;
+    p[1] = cur;
+    if ((rc = azc_pg_query(c, snapshot ? SQL_CURSOR_SNAPSHOT : SQL_CURSOR_FEED, 2, p, NULL,
+                           e)) != AZC_OK)
+        goto fail;
+    if (json_is_object(wm) && (rc = adopt_watermarks(c, ctx, wm, res, e)) != AZC_OK)
+        goto fail;
+    if ((rc = azc_pg_commit(c, e)) != AZC_OK)
+        goto fail;
+    res->cursor = cursor;
+    return AZC_OK;
+fail:
+    azc_pg_rollback(c);
+    return rc;
+}
+
+static int apply_items(PGconn *c, const rp_apply_ctx *ctx, item *items, size_t n,
+                       long long cursor, int snapshot, json_t *wm, rp_apply_result *res,
+                       azc_err *e)
+{
+    int retry, rc;
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        item_check(&items[i], ctx);
+    rc = run_tx(c, ctx, items, n, cursor, snapshot, wm, 0, &retry, res, e);
+    if (rc != AZC_OK && retry)
+        rc = run_tx(c, ctx, items, n, cursor, snapshot, wm, 1, &retry, res, e);
+    for (i = 0; i < n; i++)
+        free(items[i].perms);
+    return rc;
+}
+
+int rp_apply_feed(PGconn *c, const rp_apply_ctx *ctx, json_t *body, long long after,
+                  rp_apply_result *res, azc_err *e)
+{
+    json_t *changes = json_object_get(body, "changes"), *more = json_object_get(body, "more");
+    json_t *wm = json_object_get(body, "watermarks"), *ch;
+    long long cursor;
+    item *items;
+    size_t i, n;
+    int rc;
+
+    if (!json_is_object(body) || !json_is_array(changes))
+        return azc_err_set(e, AZC_EINVAL, "feed answer has no changes array");
+    if (cursor_parse(json_object_get(body, "cursor"), &cursor) != 0)
+        return azc_err_set(e, AZC_EINVAL, "feed answer has no valid cursor");
+    if (!json_is_boolean(more))
+        return azc_err_set(e, AZC_EINVAL, "feed answer has no boolean more");
+    if (cursor < after)
+        return azc_err_set(e, AZC_EINVAL, "feed answer moves the cursor back from %lld to %lld",
+                           after, cursor);
+    if (wm != NULL && !json_is_object(wm))
+        return azc_err_set(e, AZC_EINVAL, "feed answer watermarks is not an object");
+    n = json_array_size(changes);
+    if ((items = calloc(n ? n : 1, sizeof *items)) == NULL)
+        return azc_err_set(e, AZC_ENOMEM, "out of memory");
+    json_array_foreach(changes, i, ch) {
+        item *it = &items[i];
+        json_t *seq = json_object_get(ch, "seq");
+
+        it->raw = ch;
+        it->seq = json_is_integer(seq) ? json_integer_value(seq) : -1;
+        it->kind = -1;
+        if (!json_is_object(ch)) {
+            it->bad = "change is not an object";
+            continue;
+        }
+        if (!json_is_integer(seq)) {
+            it->bad = "seq is not an integer";
+            continue;
+        }
+        if (!json_is_string(json_object_get(ch, "kind"))) {
+            it->bad = "kind is not a string";
+            continue;
+        }
+        if ((it->kind = kind_parse(json_string_value(json_object_get(ch, "kind")))) < 0) {
+            it->bad = "unknown kind";
+            continue;
+        }
+        it->row = json_object_get(ch, "row");
+        if (it->row == NULL)
+            it->bad = "change has no row";
+    }
+    rc = apply_items(c, ctx, items, n, cursor, 0, json_is_false(more) ? wm : NULL, res, e);
+    free(items);
+    return rc;
+}
+
+int rp_apply_snapshot(PGconn *c, const rp_apply_ctx *ctx, json_t *body, rp_apply_result *res,
+                      azc_err *e)
+{
+    json_t *wm = json_object_get(body, "watermarks");
+    json_t *arrays[RP_NKINDS];
+    static const char *const keys[RP_NKINDS] = { "users", "memberships", "policies" };
+    long long cursor;
+    item *items;
+    size_t i, n = 0, k;
+    int rc;
+
+    if (!json_is_object(body))
+        return azc_err_set(e, AZC_EINVAL, "snapshot is not a JSON object");
+    if (cursor_parse(json_object_get(body, "cursor"), &cursor) != 0)
+        return azc_err_set(e, AZC_EINVAL, "snapshot has no valid cursor");
+    if (wm != NULL && !json_is_object(wm))
+        return azc_err_set(e, AZC_EINVAL, "snapshot watermarks is not an object");
+    for (k = 0; k < RP_NKINDS; k++) {
+        arrays[k] = json_object_get(body, keys[k]);
+        if (!json_is_array(arrays[k]))
+            return azc_err_set(e, AZC_EINVAL, "snapshot has no %s array", keys[k]);
+        n += json_array_size(arrays[k]);
+    }
+    if ((items = calloc(n ? n : 1, sizeof *items)) == NULL)
+        return azc_err_set(e, AZC_ENOMEM, "out of memory");
+    n = 0;
+    for (k = 0; k < RP_NKINDS; k++) {
+        json_t *row;
+
+        json_array_foreach(arrays[k], i, row) {
+            items[n].kind = (int)k;
+            items[n].row = row;
+            items[n].raw = row;
+            items[n].seq = -1;
+            n++;
+        }
+    }
+    rc = apply_items(c, ctx, items, n, cursor, 1, wm, res, e);
+    free(items);
+    return rc;
+}
+
+int rp_cursor_load(PGconn *c, const char *peer, long long *cursor, azc_err *e)
+{
+    PGresult *r = NULL;
+    int rc;
+
+    if ((rc = azc_pg_query(c, SQL_CURSOR_LOAD, 1, &peer, &r, e)) != AZC_OK)
+        return rc;
+    *cursor = PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
+    PQclear(r);
+    return AZC_OK;
+}
