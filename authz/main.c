@@ -369,7 +369,7 @@ static int start(void *arg, azc_service *svc, azc_err *e)
 static void reload(void *arg, azc_service *svc)
 {
     app *a = arg;
-    azc_jwt_keys *fresh = NULL, *old;
+    azc_jwt_keys *fresh = NULL;
     azc_err e;
 
     (void)svc;
@@ -381,11 +381,7 @@ static void reload(void *arg, azc_service *svc)
         azc_logf(a->sh.log, AZC_LOG_ERROR, "SIGHUP: keeping the old keys: %s", e.msg);
         return;
     }
-    pthread_rwlock_wrlock(&a->sh.keys_lock);
-    old = a->sh.keys;
-    a->sh.keys = fresh;
-    pthread_rwlock_unlock(&a->sh.keys_lock);
-    azc_jwt_keys_free(old);
+    azc_jwt_keys_swap(&a->sh.keys_lock, &a->sh.keys, fresh);
     azc_logf(a->sh.log, AZC_LOG_INFO, "SIGHUP: %zu JWT keys loaded", azc_jwt_keys_count(fresh));
 }
 

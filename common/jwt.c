@@ -234,6 +234,17 @@ int azc_jwt_keys_load_file(const char *path, azc_jwt_keys **out, azc_err *e)
     return rc;
 }
 
+void azc_jwt_keys_swap(pthread_rwlock_t *lock, azc_jwt_keys **slot, azc_jwt_keys *fresh)
+{
+    azc_jwt_keys *old;
+
+    pthread_rwlock_wrlock(lock);
+    old = *slot;
+    *slot = fresh;
+    pthread_rwlock_unlock(lock);
+    azc_jwt_keys_free(old);
+}
+
 int azc_jwt_bearer(const char *h, const char **token)
 {
     if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)

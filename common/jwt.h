@@ -21,6 +21,7 @@
 #ifndef AZC_JWT_H
 #define AZC_JWT_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -53,6 +54,11 @@ int azc_jwt_keys_load(const json_t *spec, const char *base_dir, azc_jwt_keys **o
  */
 int azc_jwt_keys_load_file(const char *path, azc_jwt_keys **out, azc_err *e) AZC_WARN_UNUSED;
 void azc_jwt_keys_free(azc_jwt_keys *ks);
+
+/* Key rotation (SIGHUP): replaces *slot with `fresh` (taken) while holding
+ * `lock` for writing, so verifiers holding it for reading see the old set
+ * or the new one whole, then frees the old set. */
+void azc_jwt_keys_swap(pthread_rwlock_t *lock, azc_jwt_keys **slot, azc_jwt_keys *fresh);
 size_t azc_jwt_keys_count(const azc_jwt_keys *ks);
 
 /* The token of an "Authorization: Bearer <token>" header value (scheme

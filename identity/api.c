@@ -557,17 +557,6 @@ int id_lock_row_or_reply(id_call *c, const char *sql, const char *id, const char
 
 /* ---- dispatcher ------------------------------------------------------- */
 
-static int bearer(const char *h, const char **token)
-{
-    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
-        return 0;
-    h += 7;
-    while (*h == ' ')
-        h++;
-    *token = h;
-    return *h != '\0';
-}
-
 static int is_admin(const id_shared *sh, json_t *claims, const char *sub)
 {
     size_t i;
@@ -603,7 +592,7 @@ static int authenticate_or_reply(azc_http_req *r, const id_bound *b, json_t **cl
     c.sh = b->sh;
     c.r = r;
     *claims = NULL;
-    if (!bearer(azc_http_req_header(r, "Authorization"), &token)) {
+    if (!azc_jwt_bearer(azc_http_req_header(r, "Authorization"), &token)) {
         unauthorized(&c, "no bearer token");
         return -1;
     }
