@@ -11,14 +11,16 @@
  * Bad rows go to authz.replication_dead_letters with their raw JSON and
  * the reason; the others still apply. A row that passes the C checks but
  * fails in PostgreSQL (a uuid that is not one, a CHECK) would abort the
- * transaction, so the batch first runs without savepoints (the common
- * case costs one statement per row) and, only when a row statement
- * fails, is rolled back and run again with a savepoint around each row.
+ * transaction, so the batch first runs without savepoints, its row
+ * statements pipelined (libpq pipeline mode: a few round trips per batch,
+ * not one per row), and, only when a row statement fails, is rolled back
+ * and run again with a savepoint around each row.
  *
  * The peer's cursor is stored, and its watermarks adopted, in the same
  * transaction: a crash between two answers neither loses nor repeats one.
  */
 #include <errno.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -339,6 +341,103 @@ static int adopt_watermarks(PGconn *c, const rp_apply_ctx *ctx, json_t *wm,
     return AZC_OK;
 }
 
+/* Statements in flight before their results are read: keeps the results
+ * the server writes well inside the socket buffers, so neither side ever
+ * blocks on a full buffer while the other waits. */
+#define PIPELINE_CHUNK 256
+
+/* Ends the statements sent (a sync) and reads their results in order.
+ * Sets *row_failed when one failed for its own data. */
+static int pipeline_flush(PGconn *c, const item *const *sent, size_t nsent, rp_apply_result *res,
+                          int *row_failed, azc_err *e)
+{
+    PGresult *r;
+    size_t k;
+    int rc = AZC_OK;
+
+    if (PQpipelineSync(c) != 1)
+        return azc_err_set(e, AZC_EUNAVAIL, "postgres: %s", PQerrorMessage(c));
+    for (k = 0; k < nsent; k++) {
+        ExecStatusType st;
+
+        if ((r = PQgetResult(c)) == NULL)
+            return azc_err_set(e, AZC_EUNAVAIL, "postgres: %s", PQerrorMessage(c));
+        st = PQresultStatus(r);
+        if (st == PGRES_COMMAND_OK) {
+            if (strcmp(PQcmdTuples(r), "0") != 0)
+                res->applied[sent[k]->kind]++;
+            else
+                res->older++;
+        } else if (st != PGRES_PIPELINE_ABORTED) {
+            if (row_error(r))
+                *row_failed = 1;
+            else if (rc == AZC_OK)
+                rc = azc_err_set(e, AZC_ERROR, "postgres: %s", PQresultErrorMessage(r));
+        }
+        PQclear(r);
+        while ((r = PQgetResult(c)) != NULL)   /* the end of this statement */
+            PQclear(r);
+    }
+    /* The sync's own result. */
+    if ((r = PQgetResult(c)) == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+        PQclear(r);
+        return rc != AZC_OK ? rc
+                            : azc_err_set(e, AZC_EUNAVAIL, "postgres: pipeline out of step: %s",
+                                          PQerrorMessage(c));
+    }
+    PQclear(r);
+    return rc;
+}
+
+/*
+ * The good rows of items[0..n) without savepoints, in libpq's pipeline
+ * mode: the statements go out back to back and their results come back
+ * together, so a batch costs a few round trips instead of one per row.
+ * AZC_OK, AZC_ECONFLICT (a row's own error: the caller rolls back and runs
+ * the batch again with a savepoint per row), or a database failure.
+ */
+static int rows_pipelined(PGconn *c, item *items, size_t n, rp_apply_result *res, azc_err *e)
+{
+    const item *sent[PIPELINE_CHUNK];
+    size_t i, nsent = 0;
+    int rc = AZC_OK, row_failed = 0;
+
+    if (PQenterPipelineMode(c) != 1)
+        return azc_err_set(e, AZC_ERROR, "postgres: cannot enter pipeline mode: %s",
+                           PQerrorMessage(c));
+    for (i = 0; i < n && rc == AZC_OK && !row_failed; i++) {
+        item *it = &items[i];
+
+        if (it->bad != NULL || it->own)
+            continue;
+        if (PQsendQueryParams(c, SQL_KIND[it->kind], it->nparams, NULL, it->params, NULL, NULL,
+                              0) != 1) {
+            rc = azc_err_set(e, AZC_EUNAVAIL, "postgres: %s", PQerrorMessage(c));
+            break;
+        }
+        sent[nsent++] = it;
+        if (nsent == PIPELINE_CHUNK) {
+            rc = pipeline_flush(c, sent, nsent, res, &row_failed, e);
+            nsent = 0;
+        }
+    }
+    if (rc == AZC_OK && !row_failed && nsent > 0)
+        rc = pipeline_flush(c, sent, nsent, res, &row_failed, e);
+    if (PQexitPipelineMode(c) != 1) {
+        /* Results still owed (a send failed half way): the connection
+         * cannot run a plain statement again; close its socket so the
+         * follower sees it down and reconnects. */
+        if (rc == AZC_OK)
+            rc = azc_err_set(e, AZC_EUNAVAIL, "postgres: cannot leave pipeline mode: %s",
+                             PQerrorMessage(c));
+        shutdown(PQsocket(c), SHUT_RDWR);
+        (void)PQconsumeInput(c);
+    }
+    if (rc == AZC_OK && row_failed)
+        rc = AZC_ECONFLICT;
+    return rc;
+}
+
 /*
  * One attempt at the transaction. With savepoints == 0 a row error rolls
  * everything back and sets *retry. Rolls back on any failure.
@@ -356,6 +455,17 @@ static int run_tx(PGconn *c, const rp_apply_ctx *ctx, item *items, size_t n, lon
     *retry = 0;
     if ((rc = azc_pg_begin(c, e)) != AZC_OK)
         return rc;
+    if (!savepoints) {
+        /* The common case: every row good, sent as one pipeline. */
+        rc = rows_pipelined(c, items, n, res, e);
+        if (rc == AZC_ECONFLICT) {
+            azc_pg_rollback(c);
+            *retry = 1;
+            return rc;
+        }
+        if (rc != AZC_OK)
+            goto fail;
+    }
     for (i = 0; i < n; i++) {
         item *it = &items[i];
 
@@ -369,15 +479,12 @@ static int run_tx(PGconn *c, const rp_apply_ctx *ctx, item *items, size_t n, lon
             res->own_origin++;
             continue;
         }
-        if (savepoints && (rc = azc_pg_query(c, SQL_SAVEPOINT, 0, NULL, NULL, e)) != AZC_OK)
+        if (!savepoints)
+            continue;           /* applied by the pipeline above */
+        if ((rc = azc_pg_query(c, SQL_SAVEPOINT, 0, NULL, NULL, e)) != AZC_OK)
             goto fail;
         rc = row_apply(c, it, why, sizeof why, e);
         if (rc == AZC_ECONFLICT) {
-            if (!savepoints) {
-                azc_pg_rollback(c);
-                *retry = 1;
-                return rc;
-            }
             if ((rc = azc_pg_query(c, SQL_ROLLBACK_TO, 0, NULL, NULL, e)) != AZC_OK ||
                 (rc = dead_letter(c, ctx, it, why, e)) != AZC_OK)
                 goto fail;
@@ -390,7 +497,7 @@ static int run_tx(PGconn *c, const rp_apply_ctx *ctx, item *items, size_t n, lon
             res->applied[it->kind]++;
         else
             res->older++;
-        if (savepoints && (rc = azc_pg_query(c, SQL_RELEASE, 0, NULL, NULL, e)) != AZC_OK)
+        if ((rc = azc_pg_query(c, SQL_RELEASE, 0, NULL, NULL, e)) != AZC_OK)
             goto fail;
     }
     snprintf(cur, sizeof cur, "%lld", cursor);
