@@ -267,6 +267,41 @@ static int row_error(const PGresult *r)
 }
 
 static const char *const SQL_KIND[RP_NKINDS] = { SQL_USER, SQL_MEMBERSHIP, SQL_POLICY };
+/* The same statements prepared once per session for the pipelined path:
+ * a batch then costs no parse or plan per row. */
+static const char *const PREPARED_KIND[RP_NKINDS] = { "rp_user", "rp_membership", "rp_policy" };
+static const char SQL_PREPARED[] =
+    "SELECT name FROM pg_prepared_statements WHERE name IN ('rp_user', 'rp_membership', 'rp_policy')";
+
+/* Prepares whichever of PREPARED_KIND this session lacks (a new or
+ * reconnected session lacks all three). Outside a transaction: a prepared
+ * statement outlives a rolled-back one. */
+static int ensure_prepared(PGconn *c, azc_err *e)
+{
+    PGresult *r = NULL;
+    int have[RP_NKINDS] = { 0 }, i, k, rc;
+
+    if ((rc = azc_pg_query(c, SQL_PREPARED, 0, NULL, &r, e)) != AZC_OK)
+        return rc;
+    for (i = 0; i < PQntuples(r); i++) {
+        for (k = 0; k < RP_NKINDS; k++)
+            have[k] |= strcmp(PQgetvalue(r, i, 0), PREPARED_KIND[k]) == 0;
+    }
+    PQclear(r);
+    for (k = 0; k < RP_NKINDS; k++) {
+        if (have[k])
+            continue;
+        r = PQprepare(c, PREPARED_KIND[k], SQL_KIND[k], 0, NULL);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            rc = azc_err_set(e, PQstatus(c) == CONNECTION_OK ? AZC_ERROR : AZC_EUNAVAIL,
+                             "postgres: prepare %s: %s", PREPARED_KIND[k], PQerrorMessage(c));
+            PQclear(r);
+            return rc;
+        }
+        PQclear(r);
+    }
+    return AZC_OK;
+}
 
 /*
  * Runs one row statement. 1 applied, 0 older (skipped by the LWW guard),
@@ -410,8 +445,8 @@ static int rows_pipelined(PGconn *c, item *items, size_t n, rp_apply_result *res
 
         if (it->bad != NULL || it->own)
             continue;
-        if (PQsendQueryParams(c, SQL_KIND[it->kind], it->nparams, NULL, it->params, NULL, NULL,
-                              0) != 1) {
+        if (PQsendQueryPrepared(c, PREPARED_KIND[it->kind], it->nparams, it->params, NULL, NULL,
+                                0) != 1) {
             rc = azc_err_set(e, AZC_EUNAVAIL, "postgres: %s", PQerrorMessage(c));
             break;
         }
@@ -453,6 +488,8 @@ static int run_tx(PGconn *c, const rp_apply_ctx *ctx, item *items, size_t n, lon
 
     memset(res, 0, sizeof *res);
     *retry = 0;
+    if (!savepoints && (rc = ensure_prepared(c, e)) != AZC_OK)
+        return rc;
     if ((rc = azc_pg_begin(c, e)) != AZC_OK)
         return rc;
     if (!savepoints) {
