@@ -29,6 +29,7 @@ static const azc_config_key FIXED_KEYS[] = {
     { "pg", "url" },               { "pg", "migrations_dir" },
     { "auth", "token_file" },      { "replication", "wait_ms" },
     { "replication", "limit" },    { "replication", "backoff_max_ms" },
+    { "replication", "mode" },     { "replication", "stream_timeout_ms" },
     { "verify", "connect_timeout_ms" }, { "verify", "statement_timeout_ms" },
     { "log", "level" },
 };
@@ -66,7 +67,7 @@ static int check_keys(app *a, azc_err *e)
 static int load_settings(app *a, azc_err *e)
 {
     rp_settings *s = &a->sh.set;
-    const char *level = NULL, *self_url = NULL;
+    const char *level = NULL, *self_url = NULL, *mode = NULL;
     long long port;
     azc_log_level lvl;
     size_t i;
@@ -90,8 +91,16 @@ static int load_settings(app *a, azc_err *e)
         (rc = azc_config_get_int(a->cfg, "replication", "limit", 1000, 1, 10000, &s->limit,
                                  e)) != AZC_OK ||
         (rc = azc_config_get_int(a->cfg, "replication", "backoff_max_ms", 5000, 50, 600000,
-                                 &s->backoff_max_ms, e)) != AZC_OK)
+                                 &s->backoff_max_ms, e)) != AZC_OK ||
+        (rc = azc_config_get_string(a->cfg, "replication", "mode", "stream", &mode, e)) !=
+            AZC_OK ||
+        (rc = azc_config_get_int(a->cfg, "replication", "stream_timeout_ms", 45000, 100,
+                                 3600000, &s->stream_timeout_ms, e)) != AZC_OK)
         return rc;
+    if (strcmp(mode, "stream") != 0 && strcmp(mode, "poll") != 0)
+        return azc_err_set(e, AZC_EINVAL,
+                           "configuration: replication.mode must be \"stream\" or \"poll\"");
+    s->stream = strcmp(mode, "stream") == 0;
     azc_log_set_level(a->sh.log, lvl);
     s->http_port = (int)port;
     if (s->pg_url == NULL)

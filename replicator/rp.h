@@ -29,6 +29,8 @@ typedef struct rp_settings {
     long long wait_ms;                           /* long poll wait asked of the peer */
     long long limit;                             /* rows per feed answer */
     long long backoff_max_ms;
+    int stream;                                  /* replication.mode: 1 "stream", 0 "poll" */
+    long long stream_timeout_ms;                 /* a stream silent this long is reopened */
 } rp_settings;
 
 typedef struct rp_metrics {
@@ -59,6 +61,8 @@ typedef struct rp_peer_status {
     char last_error[RP_ERR_LEN];
     long long last_success_ms;  /* monotonic ms of the last applied answer; 0: never */
     int reached;                /* an answer was applied (or a bootstrap done) once */
+    const char *mode;           /* static string: "stream" or "poll" */
+    int stream_open;            /* a stream's 200 NDJSON answer is being read */
 } rp_peer_status;
 
 typedef struct rp_shared {

@@ -31,7 +31,8 @@ int rp_metrics_register(rp_shared *sh, azc_err *e)
                                (const char *const[]){ "origin", NULL });
     m->errors = azc_metrics_counter(mr, "rp_peer_errors_total",
                                     "Failed exchanges with a peer, by kind (connect, http_5xx, "
-                                    "http_4xx, protocol, database, token, cursor_expired).",
+                                    "http_4xx, protocol, database, token, cursor_expired, "
+                                    "stream_end).",
                                     (const char *const[]){ "peer", "kind", NULL });
     m->reconnects = azc_metrics_counter(mr, "rp_reconnects_total",
                                         "New HTTP connections to a peer after the first.",
@@ -56,9 +57,11 @@ static json_t *peers_json(rp_shared *sh, long long now)
 
     for (i = 0; peers != NULL && i < sh->npeers; i++) {
         rp_peer_status *p = &sh->peers[i];
-        json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "url", p->url, "state",
+        json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:s, s:b}", "url", p->url, "state",
                               p->state != NULL ? p->state : "starting", "last_error",
-                              p->last_error, "reached", p->reached);
+                              p->last_error, "reached", p->reached, "mode",
+                              p->mode != NULL ? p->mode : "stream", "stream_open",
+                              p->stream_open);
 
         if (o == NULL ||
             json_object_set_new(o, "cursor",

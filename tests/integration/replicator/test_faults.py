@@ -40,16 +40,21 @@ BAD_BATCH = {
 
 class FakePeer:
     """mode: rows (a snapshot, then BAD_BATCH, then empty answers),
-    garbage, 500 or hang."""
+    garbage, 500 or hang. A feed request with stream=1 is answered as the
+    authz-server does: chunked NDJSON, one answer per line, then empty
+    keep-alive lines until the mode changes, which ends the stream."""
 
     def __init__(self):
         self.mode = "rows"
         self.requests = []
         self.auth = []
         self.release = threading.Event()
+        self.closing = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # chunked streams need it
+
             def log_message(self, *a):
                 pass
 
@@ -57,22 +62,50 @@ class FakePeer:
                 fake.requests.append(self.path)
                 fake.auth.append(self.headers.get("Authorization"))
                 mode = fake.mode
+                stream = "stream=1" in self.path
                 if mode == "hang":
                     fake.release.wait(120)
+                    self.close_connection = True  # ends without an answer
                     return
                 if mode == "500":
                     return self.reply(500, b'{"error":{"code":"internal","message":"x"}}')
                 if mode == "garbage":
+                    if stream:
+                        return self.stream([b'{"changes": [ this is not json'], mode)
                     return self.reply(200, b'{"changes": [ this is not json')
                 if self.path.startswith("/v1/policy/snapshot"):
                     return self.reply(200, json.dumps({
                         "region": "fk", "cursor": "0", "watermarks": {},
                         "users": [], "memberships": [], "policies": []}).encode())
-                if "after=0&" in self.path:
-                    return self.reply(200, json.dumps(BAD_BATCH).encode())
-                time.sleep(0.2)
-                return self.reply(200, json.dumps({"changes": [], "cursor": "6",
-                                                   "more": False}).encode())
+                empty = json.dumps({"changes": [], "cursor": "6", "more": False}).encode()
+                first = json.dumps(BAD_BATCH).encode() if "after=0&" in self.path else empty
+                if stream:
+                    return self.stream([first], mode)
+                if first is empty:
+                    time.sleep(0.2)
+                return self.reply(200, first)
+
+            def stream(self, lines, mode):
+                """NDJSON lines, then keep-alives while fake.mode stays."""
+                self.close_connection = True
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/x-ndjson")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for line in lines:
+                        self.chunk(line + b"\n")
+                    while fake.mode == mode and not fake.closing.is_set():
+                        fake.closing.wait(0.2)
+                        self.chunk(b"\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the follower closed the stream
+
+            def chunk(self, data):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
 
             def reply(self, code, body):
                 try:
@@ -92,6 +125,7 @@ class FakePeer:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def close(self):
+        self.closing.set()
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
