@@ -181,12 +181,19 @@ static int load_settings(app *a, azc_err *e)
     return AZC_OK;
 }
 
-/* Keeps w->pg the link's connection while it is up, NULL while down. */
+/* Keeps w->pg the link's connection while it is up, NULL while down, and
+ * the count of workers that are up (readiness needs all of them: the
+ * kernel may hand any connection to any worker). */
 static void on_db_state(azc_pg_link *l, int up, void *arg)
 {
     az_worker *w = arg;
+    int was = w->pg != NULL;
 
     w->pg = up ? azc_pg_link_conn(l) : NULL;
+    if (!was && w->pg != NULL)
+        atomic_fetch_add(&w->sh->links_up, 1);
+    else if (was && w->pg == NULL)
+        atomic_fetch_sub(&w->sh->links_up, 1);
 }
 
 static int worker_init(app *a, az_worker *w, int index, azc_err *e)
@@ -332,6 +339,7 @@ static int configure(void *arg, azc_service *svc, azc_err *e)
     a->keys_lock_made = 1;
     a->sh.status.next_offset = -1;
     atomic_init(&a->sh.snapshots, 0);
+    atomic_init(&a->sh.links_up, 0);
     if ((rc = register_metrics(&a->sh, e)) != AZC_OK ||
         (rc = load_settings(a, e)) != AZC_OK)
         return rc;

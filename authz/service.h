@@ -123,6 +123,7 @@ typedef struct az_shared {
     azc_metric *m_checks;       /* authz_checks_total{decision} */
 
     atomic_int snapshots;       /* snapshot streams open, all workers */
+    atomic_int links_up;        /* workers whose database link is up */
     azc_metric *m_silence;      /* authz_origin_silence_seconds{origin} */
     azc_metric *m_tombstones;   /* authz_tombstones_collected_total{origin} */
 

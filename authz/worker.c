@@ -28,9 +28,11 @@ int az_worker_ready(void *arg, azc_err *why)
 {
     az_worker *w = arg;
     az_consumer_status cs;
+    int up = atomic_load(&w->sh->links_up);
 
-    if (!azc_pg_link_up(w->db))
-        return azc_err_set(why, AZC_EUNAVAIL, "database connection is down");
+    if (!azc_pg_link_up(w->db) || up < w->sh->set.workers)
+        return azc_err_set(why, AZC_EUNAVAIL, "database connection is down (%d of %d workers "
+                           "connected)", up, w->sh->set.workers);
     az_consumer_status_get(w->sh, &cs);
     if (cs.state == AZ_CONSUMER_STOPPED)
         return azc_err_set(why, AZC_EUNAVAIL, "consumer stopped: %s", cs.error);

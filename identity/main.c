@@ -57,6 +57,7 @@ struct id_worker {
     struct event_base *base;
     azc_http *http;
     azc_pg_link *db;           /* connects without blocking the loop */
+    int db_up;                 /* as its on_state last said */
     azc_jwt_cache *jwt_cache;
     id_bound bound[32];
     id_relay *const *relay;    /* the process's relay (NULL when disabled), set before
@@ -156,15 +157,31 @@ static int worker_ready(void *arg, azc_err *why)
 {
     id_worker *w = arg;
     char reason[AZC_ERRMSG_MAX];
+    int up = atomic_load(&w->sh->links_up);
 
-    if (!azc_pg_link_up(w->db))
-        return azc_err_set(why, AZC_EUNAVAIL, "database connection is down");
+    /* Every worker's: the kernel may hand any connection to any worker. */
+    if (!azc_pg_link_up(w->db) || up < w->sh->set.workers)
+        return azc_err_set(why, AZC_EUNAVAIL, "database connection is down (%d of %d workers "
+                           "connected)", up, w->sh->set.workers);
     /* Writes still commit to the outbox, but nothing reaches Kafka until
      * the repair: not ready, and the reason says which repair. */
     if (id_relay_diverged(*w->relay, reason, sizeof reason))
         return azc_err_set(why, AZC_EUNAVAIL, "relay stopped, run authz-identity resync: %s",
                            reason);
     return AZC_OK;
+}
+
+/* Counts the workers whose link is up (readiness needs all of them). */
+static void on_db_state(azc_pg_link *l, int up, void *arg)
+{
+    id_worker *w = arg;
+
+    (void)l;
+    if (up && !w->db_up)
+        atomic_fetch_add(&w->sh->links_up, 1);
+    else if (!up && w->db_up)
+        atomic_fetch_sub(&w->sh->links_up, 1);
+    w->db_up = up;
 }
 
 static int worker_init(app *a, id_worker *w, int index, azc_err *e)
@@ -185,6 +202,8 @@ static int worker_init(app *a, id_worker *w, int index, azc_err *e)
         return azc_err_set(e, AZC_ERROR, "cannot create an event loop");
     link_opts.application_name = "authz-identity";
     link_opts.statement_timeout_ms = ID_STATEMENT_TIMEOUT_MS;
+    link_opts.on_state = on_db_state;
+    link_opts.arg = w;
     if ((w->db = azc_pg_link_new(w->base, a->sh.set.pg_url, &link_opts, a->sh.log, e)) == NULL)
         return AZC_ERROR;
     opts.max_body_bytes = (size_t)a->sh.set.max_body_bytes;
@@ -252,6 +271,7 @@ static int configure(void *arg, azc_service *svc, azc_err *e)
     if (pthread_rwlock_init(&a->sh.keys_lock, NULL) != 0)
         return azc_err_set(e, AZC_ERROR, "cannot create the key lock");
     a->keys_lock_made = 1;
+    atomic_init(&a->sh.links_up, 0);
     a->sh.m_mutations = azc_metrics_counter(a->sh.metrics, "identity_mutations_total",
                                             "Committed admin changes by route.",
                                             (const char *const[]){ "route", NULL });

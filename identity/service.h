@@ -10,6 +10,7 @@
 #define ID_SERVICE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include <libpq-fe.h>
@@ -52,6 +53,7 @@ typedef struct id_shared {
     pthread_rwlock_t keys_lock;
     azc_jwt_keys *keys;        /* guarded by keys_lock */
     azc_metric *m_mutations;   /* identity_mutations_total{kind} */
+    atomic_int links_up;       /* workers whose database link is up */
 } id_shared;
 
 typedef struct id_worker id_worker;
