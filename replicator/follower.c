@@ -96,6 +96,7 @@ struct rp_follower {
     long long sent_ms;          /* when the request in flight was sent */
     int in_stream;              /* the request in flight is a stream */
     int stream_dead;            /* given up on: its bytes are ignored, abort_ev frees it */
+    int stream_ok;              /* its answer's headers said 200 NDJSON */
     int aborting;               /* freeing the connection: ignore its callbacks */
     struct evbuffer *line;      /* the stream's partial line */
     struct event *abort_ev;
@@ -121,7 +122,7 @@ static void set_state(rp_follower *f, const char *state, const char *err, int su
     pthread_mutex_lock(&f->sh->lock);
     p->state = state;
     p->cursor = f->cursor_loaded ? f->cursor : -1;
-    p->stream_open = f->in_stream && !f->stream_dead;
+    p->stream_open = f->in_stream && f->stream_ok && !f->stream_dead;
     if (err != NULL)
         snprintf(p->last_error, sizeof p->last_error, "%s", err);
     if (success) {
@@ -349,6 +350,7 @@ static void stream_closed(rp_follower *f)
 {
     f->in_stream = 0;
     f->stream_dead = 0;
+    f->stream_ok = 0;
     if (f->line != NULL)
         (void)evbuffer_drain(f->line, evbuffer_get_length(f->line));
 }
@@ -453,6 +455,7 @@ static int on_headers(struct evhttp_request *req, void *arg)
         stream_abort(f, 0, "protocol", msg);
         return 0;
     }
+    f->stream_ok = 1;
     set_state(f, "following", NULL, 0);
     return 0;
 }
