@@ -122,6 +122,13 @@ typedef struct azc_http_req azc_http_req;
 /* PUBLIC: the auth callback (azc_http_set_auth_cb) does not run for this
  * route. The built-in /healthz, /readyz and /metrics are public. */
 #define AZC_ROUTE_PUBLIC 0x02u
+/* PREFIX: the pattern is a literal path prefix that matches itself and
+ * every path below it ("/ext" covers "/ext" and "/ext/a/b"), on the raw
+ * path, before the path and query checks: for a handler that judges the
+ * request target itself (azc_http_req_target), like the gateway filter's
+ * ext-authz endpoint, which must see "/a/%2F.." as sent. Tried before the
+ * other routes; no parameters. */
+#define AZC_ROUTE_PREFIX 0x04u
 
 #define AZC_HTTP_MAX_SEGMENTS 32     /* path segments in a pattern */
 #define AZC_HTTP_REQUEST_ID_MAX 64   /* accepted X-Request-Id length */
@@ -260,6 +267,8 @@ const char *azc_http_method_name(unsigned method);
 const char *azc_http_req_id(const azc_http_req *r);
 /* The matched pattern, e.g. "/v1/teams/{id}". */
 const char *azc_http_req_route(const azc_http_req *r);
+/* The request target as received ("/a/%2F..?x=1"), not decoded. */
+const char *azc_http_req_target(const azc_http_req *r);
 /* Attaches ctx to r (the auth callback's verified identity, say);
  * ctx_free(ctx), when not NULL, runs when r is freed or ctx replaced. */
 void azc_http_req_set_ctx(azc_http_req *r, void *ctx, void (*ctx_free)(void *));

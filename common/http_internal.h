@@ -34,7 +34,7 @@
 
 #define AZC__HTTP_ALL_METHODS (AZC_HTTP_GET | AZC_HTTP_POST | AZC_HTTP_PUT | AZC_HTTP_PATCH | \
                                AZC_HTTP_DELETE | AZC_HTTP_HEAD)
-#define AZC__HTTP_ROUTE_FLAGS (AZC_ROUTE_JSON_BODY | AZC_ROUTE_PUBLIC)
+#define AZC__HTTP_ROUTE_FLAGS (AZC_ROUTE_JSON_BODY | AZC_ROUTE_PUBLIC | AZC_ROUTE_PREFIX)
 
 /* Methods evhttp knows that no route may register: they get 404 or 405
  * from the dispatcher (CONNECT: 501), and names in logs and metrics. */

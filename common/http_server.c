@@ -294,6 +294,11 @@ const char *azc_http_req_route(const azc_http_req *r)
     return r->route;
 }
 
+const char *azc_http_req_target(const azc_http_req *r)
+{
+    return evhttp_request_get_uri(r->ev);
+}
+
 int azc_http_req_add_header(azc_http_req *r, const char *name, const char *value)
 {
     if (r->replied || r->closing) {
@@ -362,6 +367,28 @@ static int framing_or_reply(azc_http_req *r)
     return 0;
 }
 
+/* A PREFIX route covering the raw path, for the method; NULL otherwise (the
+ * path then goes through the checks and patterns below, 405 included). */
+static const struct azc__http_route *prefix_find(const azc_http *h, const char *raw,
+                                                 unsigned method)
+{
+    unsigned want = method == AZC_HTTP_HEAD ? (method | AZC_HTTP_GET) : method;
+    size_t i, n;
+
+    if (raw == NULL)
+        return NULL;
+    for (i = 0; i < h->nroutes; i++) {
+        const struct azc__http_route *rt = &h->routes[i];
+
+        if (!(rt->flags & AZC_ROUTE_PREFIX) || !(rt->methods & want))
+            continue;
+        n = strlen(rt->pattern);
+        if (strncmp(raw, rt->pattern, n) == 0 && (raw[n] == '\0' || raw[n] == '/'))
+            return rt;
+    }
+    return NULL;
+}
+
 /* Finds the route for r, filling its parameters, or replies 400/404/405. */
 static const struct azc__http_route *resolve_or_reply(azc_http_req *r)
 {
@@ -374,6 +401,12 @@ static const struct azc__http_route *resolve_or_reply(azc_http_req *r)
     azc_err e;
     int rc;
 
+    if ((found = prefix_find(h, uri != NULL ? evhttp_uri_get_path(uri) : NULL,
+                             r->method)) != NULL) {
+        r->route = found->pattern;
+        r->quiet = found->quiet;
+        return found;
+    }
     azc_err_clear(&e);
     rc = azc__http_split_path(uri != NULL ? evhttp_uri_get_path(uri) : NULL, &r->path_buf, segs,
                               &nsegs, &e);
@@ -450,8 +483,11 @@ static int check_or_reply(azc_http_req *r, const struct azc__http_route *rt)
         return -1;
     }
     azc_err_clear(&e);
-    rc = azc__http_parse_query(evhttp_uri_get_query(uri), &r->query_buf, &r->query, &r->nquery,
-                               &e);
+    /* A PREFIX route's handler reads the raw target (its query included). */
+    rc = rt->flags & AZC_ROUTE_PREFIX
+             ? AZC_OK
+             : azc__http_parse_query(evhttp_uri_get_query(uri), &r->query_buf, &r->query,
+                                     &r->nquery, &e);
     if (rc != AZC_OK) {
         if (rc == AZC_ENOMEM)
             azc__http_send_internal_error(r);

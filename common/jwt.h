@@ -55,6 +55,25 @@ int azc_jwt_keys_load(const json_t *spec, const char *base_dir, azc_jwt_keys **o
 int azc_jwt_keys_load_file(const char *path, azc_jwt_keys **out, azc_err *e) AZC_WARN_UNUSED;
 void azc_jwt_keys_free(azc_jwt_keys *ks);
 
+/*
+ * Loads a JWKS file (RFC 7517: {"keys": [...]}, duplicate members refused)
+ * as a key set. RSA keys ("n", "e", at least 2048 bits) and EC keys
+ * ("crv" P-256, P-384 or P-521, "x", "y") are converted to PEM public keys
+ * for libjwt. Each key needs a "kid"; its algorithm is the JWK's "alg" or
+ * `algs`[kid] (a {"kid": "RS256"} object, may be NULL; both given: they
+ * must agree) and must suit the key (RSA: RS256/384/512, libjwt 1.10 has
+ * no PS*; EC: the ES algorithm of its curve), else the whole set is
+ * refused. Keys with a "use" other than "sig" are skipped; "oct"
+ * (symmetric) keys are refused. *out is owned by the caller.
+ */
+int azc_jwt_keys_load_jwks(const char *path, const json_t *algs, azc_jwt_keys **out,
+                           azc_err *e) AZC_WARN_UNUSED;
+
+/* One set holding the keys of `a` and of `b` (both taken, freed even on
+ * failure); a kid present in both is refused. *out owned by the caller. */
+int azc_jwt_keys_merge(azc_jwt_keys *a, azc_jwt_keys *b, azc_jwt_keys **out,
+                       azc_err *e) AZC_WARN_UNUSED;
+
 /* Key rotation (SIGHUP): replaces *slot with `fresh` (taken) while holding
  * `lock` for writing, so verifiers holding it for reading see the old set
  * or the new one whole, then frees the old set. */

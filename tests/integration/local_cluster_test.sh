@@ -8,7 +8,11 @@
 # change crosses regions through them, link cut/heal/delay/blackhole (both
 # ways and --one-way) change the proxies (checked through their control
 # port and with real requests), verify agrees, and a dead proxy is
-# repaired. Takes the binaries from $AUTHZ_BIN_DIR (default
+# repaired. When authz-filterd is built and nginx installed: each region's
+# filter and nginx gateway are up, the gateway passes the filter's 200,
+# 401, 403 and headers through, maps an unreachable filter to 503, a dead
+# filter or nginx is repaired, and down leaves no nginx on the gateway
+# ports. Takes the binaries from $AUTHZ_BIN_DIR (default
 # <repo>/build/bin).
 set -euo pipefail
 
@@ -216,6 +220,113 @@ PY
     done
 fi
 
+# The gateway filter and the nginx gateway of each region. A placeholder
+# authz-filterd (one that does not even print the shared --help) is not
+# started by up, so it is not tested either.
+gateway=0
+if [ -x "$bin_dir/authz-filterd" ] && "$bin_dir/authz-filterd" --help 2>&1 | grep -q -- --config &&
+   command -v nginx >/dev/null && [ -x "$bin_dir/authz-server" ] && [ -x "$bin_dir/authz-identity" ]; then
+    gateway=1
+fi
+gateway_ports=""
+if [ $gateway -eq 1 ]; then
+    for v in FILTER_URL_US FILTER_URL_EU GATEWAY_URL_US GATEWAY_URL_EU UPSTREAM_URL_US UPSTREAM_URL_EU \
+             BASELINE_URL_US BASELINE_URL_EU; do
+        grep -q "^$v=" <<<"$env_text" || fail "env lacks $v"
+    done
+    gateway_ports="${GATEWAY_URL_US##*:} ${GATEWAY_URL_EU##*:} ${UPSTREAM_URL_US##*:} ${UPSTREAM_URL_EU##*:}"
+    gateway_ports+=" ${BASELINE_URL_US##*:} ${BASELINE_URL_EU##*:}"
+    st=$("$cluster" status --run-dir "$run_dir")
+    for c in filter-us filter-eu gateway-us gateway-eu upstream-us upstream-eu baseline-us baseline-eu; do
+        grep -q "^$c .* up " <<<"$st" || fail "status does not show $c up: $st"
+    done
+    curl -fsS "$FILTER_URL_EU/readyz" >/dev/null || fail "authz-filterd eu not ready"
+    # Status and one header of an answer: "CODE|value".
+    hdr() {
+        local h=$1; shift
+        curl -sS -D - -o /dev/null --max-time 10 "$@" |
+            /usr/bin/python3 -c '
+import sys
+lines = sys.stdin.read().split("\r\n")
+code = lines[0].split()[1]
+vals = [l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith(sys.argv[1].lower() + ":")]
+print(code + "|" + "#".join(vals))' "$h"
+    }
+    # The upstream answers by itself, without auth_request.
+    echo_body=$(curl -fsS "$UPSTREAM_URL_EU/runtime-groups/x?y=1") || fail "the upstream echo of eu does not answer"
+    [ "$(/usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["region"], d["uri"])' <<<"$echo_body")" = \
+      "eu /runtime-groups/x?y=1" ] || fail "unexpected echo: $echo_body"
+    # The measurement-only port proxies to it without auth_request, and
+    # never passes a client's subject on.
+    echo_body=$(curl -fsS -H 'X-Authz-Subject: mallory' "$BASELINE_URL_EU/a") || fail "the baseline of eu does not answer"
+    [[ $echo_body == *'"uri":"/a","subject":""'* ]] || fail "unexpected baseline echo: $echo_body"
+    # No token: 401 with the filter's WWW-Authenticate, once.
+    r=$(hdr WWW-Authenticate "$GATEWAY_URL_EU/runtime-groups/rg-1")
+    [[ $r == 401\|Bearer* ]] && [[ $r != *'#'* ]] || fail "no token through the gateway: $r (want 401 and one WWW-Authenticate)"
+    [[ $(hdr Authz-Reason "$GATEWAY_URL_EU/runtime-groups/rg-1") == 401\|?* ]] || fail "401 without Authz-Reason"
+    # A grant made through identity eu becomes a 200 through eu's gateway,
+    # with the subject passed to the upstream and not the client's.
+    gpost() { curl -fsS -X POST "$IDENTITY_URL_EU$1" -H "Authorization: Bearer $token" \
+                  -H 'Content-Type: application/json' -d "$2"; }
+    gid() { /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
+    guser=$(gpost /v1/users '{"subject": "lc-gw-user", "email": "gw@x.io", "name": "gw"}' | gid) ||
+        fail "POST user failed"
+    grole=$(gpost /v1/roles '{"name": "lc-rg-reader", "permissions": ["runtime_groups:read"]}' | gid) ||
+        fail "POST role failed"
+    gpost /v1/role-assignments "{\"principal\": {\"type\": \"user\", \"id\": \"$guser\"}, \"role_id\": \"$grole\",
+        \"region\": \"*\", \"resource\": \"runtime_groups/*\"}" >/dev/null || fail "POST assignment failed"
+    utok=$("$repo/tools/dev-token" --sub lc-gw-user --aud authz-gateway)
+    ok=0
+    for _ in $(seq 1 100); do
+        body=$(curl -sS --max-time 5 -H "Authorization: Bearer $utok" -H 'X-Authz-Subject: mallory' \
+            "$GATEWAY_URL_EU/runtime-groups/rg-1" || true)
+        if [[ $body == *'"uri":"/runtime-groups/rg-1"'* ]]; then ok=1; break; fi
+        sleep 0.1
+    done
+    [ $ok -eq 1 ] || fail "the grant never became a 200 through the eu gateway (last: $body)"
+    [[ $body == *'"subject":"lc-gw-user"'* ]] || fail "the upstream did not get the verified subject: $body"
+    # Denies: final, with the reason; no grant to update, no route, a
+    # subject nobody granted anything.
+    r=$(hdr Authz-Decision -X PUT -H "Authorization: Bearer $utok" "$GATEWAY_URL_EU/runtime-groups/rg-1")
+    [ "$r" = "403|final" ] || fail "PUT without a grant through the gateway: $r (want 403|final)"
+    r=$(hdr Authz-Reason -H "Authorization: Bearer $utok" "$GATEWAY_URL_EU/no-such-api")
+    [[ $r == 403\|?* ]] || fail "an unmapped path through the gateway: $r (want 403 with a reason)"
+    ntok=$("$repo/tools/dev-token" --sub lc-gw-nobody --aud authz-gateway)
+    r=$(hdr Authz-Decision -H "Authorization: Bearer $ntok" "$GATEWAY_URL_US/runtime-groups/rg-1")
+    [ "$r" = "403|final" ] || fail "an ungranted subject through the us gateway: $r (want 403|final)"
+    # A token for another audience (the admin one) is not a gateway token.
+    r=$(hdr WWW-Authenticate -H "Authorization: Bearer $token" "$GATEWAY_URL_EU/runtime-groups/rg-1")
+    [[ $r == 401\|Bearer* ]] || fail "an admin token through the gateway: $r (want 401)"
+    gone() {
+        local deadline=$((SECONDS + 10))
+        until ! running "$1"; do
+            [ $SECONDS -lt $deadline ] || fail "process $1 survived SIGKILL"
+            sleep 0.1
+        done
+    }
+    # The filter gone: auth_request's 500 becomes a 503 that says why.
+    kill -KILL "$(cat "$run_dir/pids/filter-eu.pid")"
+    gone "$(cat "$run_dir/pids/filter-eu.pid")"
+    r=$(hdr Authz-Decision -H "Authorization: Bearer $utok" "$GATEWAY_URL_EU/runtime-groups/rg-1")
+    [ "$r" = "503|unavailable" ] || fail "a dead filter through the gateway: $r (want 503|unavailable)"
+    [ "$(hdr Retry-After -H "Authorization: Bearer $utok" "$GATEWAY_URL_EU/runtime-groups/rg-1")" = "503|1" ] ||
+        fail "503 of a dead filter without Retry-After"
+    [ "$(hdr Authz-Reason -H "Authorization: Bearer $utok" "$GATEWAY_URL_EU/runtime-groups/rg-1")" = \
+      "503|filter_unreachable" ] || fail "503 of a dead filter without its reason"
+    # A killed nginx master leaves its worker serving the ports: up must
+    # clear it and start the gateway again, and the filter.
+    kill -KILL "$(cat "$run_dir/pids/gateway-us.pid")"
+    gone "$(cat "$run_dir/pids/gateway-us.pid")"
+    st=$("$cluster" status --run-dir "$run_dir") && fail "status exited 0 with a dead filter and gateway"
+    grep -q "^filter-eu .* down" <<<"$st" && grep -q "^gateway-us .* down" <<<"$st" ||
+        fail "a dead filter or gateway shows as up: $st"
+    "$cluster" up --run-dir "$run_dir" >/dev/null || fail "up did not restart the dead filter and gateway"
+    r=$(hdr Authz-Decision -H "Authorization: Bearer $utok" "$GATEWAY_URL_EU/runtime-groups/rg-1")
+    [ "$r" = "200|" ] || fail "the eu gateway after the filter's restart: $r (want 200)"
+    r=$(hdr Authz-Decision -H "Authorization: Bearer $utok" "$GATEWAY_URL_US/runtime-groups/rg-1")
+    [ "$r" = "200|" ] || fail "the us gateway after its restart: $r (want 200)"
+fi
+
 # Half up: a crashed PostgreSQL shows in status (exit 3) and env refuses;
 # up starts just that one again, on the same port, with its data.
 # (synchronous_commit is off in these clusters: make this commit durable
@@ -256,6 +367,9 @@ for pid in $pids; do
 done
 ! pgrep -f -- "$run_dir" >/dev/null || fail "processes of $run_dir remain: $(pgrep -af -- "$run_dir")"
 [ -z "$(ls "$run_dir/pids")" ] || fail "pid files remain after down: $(ls "$run_dir/pids")"
+for port in $gateway_ports; do
+    [ -z "$(ss -Hltn "sport = :$port")" ] || fail "something still listens on gateway port $port after down"
+done
 set +e
 "$cluster" status --run-dir "$run_dir" >/dev/null; rc=$?
 set -e

@@ -92,6 +92,13 @@ static void h_text(azc_http_req *r, void *arg)
     evbuffer_free(b);
 }
 
+static void h_raw(azc_http_req *r, void *arg)
+{
+    (void)arg;
+    azc_http_reply_json(r, 200, json_pack("{s:s, s:s}", "target", azc_http_req_target(r),
+                                          "route", azc_http_req_route(r)));
+}
+
 static int ready_cb(void *arg, azc_err *why)
 {
     struct fixture *fx = arg;
@@ -111,6 +118,7 @@ static const azc_http_route test_routes[] = {
     { AZC_HTTP_GET, "/v1/twice", h_twice, 0, 0 },
     { AZC_HTTP_GET, "/v1/noreply", h_noreply, 0, 0 },
     { AZC_HTTP_GET, "/v1/text", h_text, 0, 0 },
+    { AZC_HTTP_GET | AZC_HTTP_POST, "/raw", h_raw, AZC_ROUTE_PREFIX, 0 },
 };
 
 static int setup(void **state)
@@ -187,6 +195,34 @@ static void test_invalid_path(void **state)
         assert_error(&resp, 400, "invalid_path");
         response_clear(&resp);
     }
+}
+
+/* A PREFIX route sees the target as sent, odd paths and queries included,
+ * and covers only its own path and what is below it. */
+static void test_prefix_route(void **state)
+{
+    static const char *const raw[] = {
+        "/raw", "/raw/a/%2F..", "/raw/a/../b", "/raw/%zz?x", "/raw/a?flag&=%",
+    };
+    struct fixture *fx = *state;
+    struct response resp;
+    size_t i;
+
+    for (i = 0; i < sizeof raw / sizeof raw[0]; i++) {
+        request(fx, EVHTTP_REQ_GET, raw[i], NULL, NULL, &resp);
+        assert_int_equal(resp.status, 200);
+        assert_string_equal(json_string_value(json_object_get(resp.json, "target")), raw[i]);
+        assert_string_equal(json_string_value(json_object_get(resp.json, "route")), "/raw");
+        response_clear(&resp);
+    }
+    request(fx, EVHTTP_REQ_GET, "/rawer", NULL, NULL, &resp);
+    assert_error(&resp, 404, "not_found");
+    response_clear(&resp);
+    /* Another method is not the prefix route's: the path then goes the
+     * usual way, and its check refuses the dot segment. */
+    request(fx, EVHTTP_REQ_DELETE, "/raw/a/../b", NULL, NULL, &resp);
+    assert_error(&resp, 400, "invalid_path");
+    response_clear(&resp);
 }
 
 static void test_not_found(void **state)
@@ -692,6 +728,7 @@ int main(void)
         T(test_route_params),
         T(test_percent_decoding),
         T(test_invalid_path),
+        T(test_prefix_route),
         T(test_not_found),
         T(test_method_not_allowed),
         T(test_payload_too_large),

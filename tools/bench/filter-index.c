@@ -1,0 +1,524 @@
+/*
+ * authz-bench-index: the in-process benchmark of the gateway filter's
+ * policy index (gateway-filter/index.h). Builds 100,000 users, 10,000
+ * teams (3-4 per user) and 1,000,000 assignments (about 140 per user with
+ * its teams) as a snapshot json_t in memory, loads it, and prints: JSON
+ * build and load times, the index's memory (RSS delta and its own count),
+ * ns per check p50/p99/p99.9 on one thread for Zipf (s=1.1) and uniform
+ * users, checks per second on 1 and 2 threads, and the same queries
+ * against a "floor": a plain chained hash table of the same data (user ->
+ * teams -> arrays of strings). Figures only, no assertions.
+ *
+ * Timing: clock_gettime(CLOCK_MONOTONIC) around batches of BATCH checks,
+ * divided by BATCH, so the clock read (about 20 ns) does not dominate; the
+ * percentiles are therefore of batch means, which smooths the tail a
+ * little.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/policy.h"
+#include "gateway-filter/index.h"
+
+#define NUSERS 100000
+#define NTEAMS 10000
+#define TEAM_ASG 38     /* 380,000 team assignments */
+#define NQ 1000000
+#define BATCH 8
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+
+static uint64_t rng(void)
+{
+    uint64_t x = rng_state;
+
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return rng_state = x;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static long rss_kb(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+
+    if (f == NULL)
+        return -1;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+        resident = -1;
+    fclose(f);
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* ---- the data set, kept as plain arrays for the floor and queries ---- */
+
+typedef struct a_row {
+    char perm[24];
+    char res[24];
+} a_row;
+
+typedef struct data {
+    int nteams_of[NUSERS];
+    int teams_of[NUSERS][4];
+    int ndirect[NUSERS];
+    a_row *direct[NUSERS];
+    a_row team_asg[NTEAMS][TEAM_ASG];
+    size_t nasg;
+} data;
+
+static void rand_grant(a_row *a)
+{
+    unsigned t = (unsigned)(rng() % 20), r = (unsigned)(rng() % 100);
+    static const char *const verbs[] = { "read", "write", "delete", "list", "admin" };
+
+    if (r == 0)
+        strcpy(a->perm, "*");
+    else if (r < 15)
+        snprintf(a->perm, sizeof a->perm, "t%u:*", t);
+    else
+        snprintf(a->perm, sizeof a->perm, "t%u:%s", t, verbs[rng() % 5]);
+    r = (unsigned)(rng() % 100);
+    if (r < 25)
+        snprintf(a->res, sizeof a->res, "t%u/*", t);
+    else
+        snprintf(a->res, sizeof a->res, "t%u/r%u", t, (unsigned)(rng() % 1000));
+}
+
+static data *make_data(void)
+{
+    data *d = calloc(1, sizeof *d);
+    int u, t, k;
+    size_t direct_total = 1000000 - (size_t)NTEAMS * TEAM_ASG, given = 0;
+
+    if (d == NULL)
+        return NULL;
+    for (t = 0; t < NTEAMS; t++)
+        for (k = 0; k < TEAM_ASG; k++)
+            rand_grant(&d->team_asg[t][k]);
+    for (u = 0; u < NUSERS; u++) {
+        d->nteams_of[u] = 3 + (int)(rng() % 2);
+        for (k = 0; k < d->nteams_of[u]; k++)
+            d->teams_of[u][k] = (int)((u * 7 + k * 2503 + (int)(rng() % 3)) % NTEAMS);
+        /* 6.2 direct assignments on average, to total 1,000,000. */
+        d->ndirect[u] = (int)((direct_total * (size_t)(u + 1)) / NUSERS - given);
+        given += (size_t)d->ndirect[u];
+        d->direct[u] = calloc((size_t)d->ndirect[u] + 1, sizeof(a_row));
+        for (k = 0; k < d->ndirect[u]; k++)
+            rand_grant(&d->direct[u][k]);
+    }
+    d->nasg = given + (size_t)NTEAMS * TEAM_ASG;
+    return d;
+}
+
+static json_t *row_meta(json_t *o)
+{
+    json_object_set_new(o, "hlc", json_integer(1));
+    json_object_set_new(o, "origin", json_string("us"));
+    json_object_set_new(o, "origin_seq", json_integer(1));
+    json_object_set_new(o, "deleted", json_false());
+    return o;
+}
+
+static json_t *asg_json(const char *id, const char *ptype, const char *pid, const a_row *a)
+{
+    return row_meta(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:[s]}", "assignment_id", id,
+                              "principal_type", ptype, "principal_id", pid, "role_id", "role",
+                              "region", "*", "resource", a->res, "permissions", a->perm));
+}
+
+static json_t *make_snapshot(const data *d)
+{
+    json_t *us = json_array(), *ms = json_array(), *ps = json_array();
+    char id[32], pid[32];
+    long n = 0;
+    int u, t, k;
+
+    for (u = 0; u < NUSERS; u++) {
+        snprintf(id, sizeof id, "user-%08d", u);
+        snprintf(pid, sizeof pid, "sub-%d", u);
+        json_array_append_new(us, row_meta(json_pack("{s:s, s:s}", "user_id", id, "subject",
+                                                     pid)));
+        for (k = 0; k < d->nteams_of[u]; k++) {
+            char tid[32];
+
+            snprintf(tid, sizeof tid, "team-%08d", d->teams_of[u][k]);
+            json_array_append_new(ms, row_meta(json_pack("{s:s, s:s}", "team_id", tid,
+                                                         "user_id", id)));
+        }
+        for (k = 0; k < d->ndirect[u]; k++) {
+            char aid[32];
+
+            snprintf(aid, sizeof aid, "asg-%010ld", n++);
+            json_array_append_new(ps, asg_json(aid, "user", id, &d->direct[u][k]));
+        }
+    }
+    for (t = 0; t < NTEAMS; t++) {
+        snprintf(pid, sizeof pid, "team-%08d", t);
+        for (k = 0; k < TEAM_ASG; k++) {
+            char aid[32];
+
+            snprintf(aid, sizeof aid, "asg-%010ld", n++);
+            json_array_append_new(ps, asg_json(aid, "team", pid, &d->team_asg[t][k]));
+        }
+    }
+    return json_pack("{s:s, s:s, s:{s:{s:i, s:i}}, s:o, s:o, s:o}", "region", "us", "cursor",
+                     "1", "watermarks", "us", "applied", 1, "known", 1, "users", us,
+                     "memberships", ms, "policies", ps);
+}
+
+/* ---- the floor: the obvious chained hash table of strings ------------ */
+
+typedef struct f_team {
+    struct f_team *next;
+    char *id;
+    size_t n;
+    char **perm, **res;
+} f_team;
+
+typedef struct f_user {
+    struct f_user *next;
+    char *subject;
+    size_t nteams;
+    f_team **teams;
+    size_t n;
+    char **perm, **res;
+} f_user;
+
+#define FLOOR_BUCKETS (1u << 17)
+
+typedef struct floor_t {
+    f_user *u[FLOOR_BUCKETS];
+    f_team *t[FLOOR_BUCKETS];
+} floor_t;
+
+static uint64_t fnv(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    while (*s)
+        h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
+    return h;
+}
+
+static f_team *floor_team(floor_t *f, const char *id)
+{
+    f_team *t;
+
+    for (t = f->t[fnv(id) % FLOOR_BUCKETS]; t != NULL; t = t->next)
+        if (strcmp(t->id, id) == 0)
+            return t;
+    return NULL;
+}
+
+static floor_t *make_floor(const data *d)
+{
+    floor_t *f = calloc(1, sizeof *f);
+    char id[32];
+    int u, t, k;
+
+    for (t = 0; t < NTEAMS; t++) {
+        f_team *x = calloc(1, sizeof *x);
+
+        snprintf(id, sizeof id, "team-%08d", t);
+        x->id = strdup(id);
+        x->n = TEAM_ASG;
+        x->perm = calloc(TEAM_ASG, sizeof *x->perm);
+        x->res = calloc(TEAM_ASG, sizeof *x->res);
+        for (k = 0; k < TEAM_ASG; k++) {
+            x->perm[k] = strdup(d->team_asg[t][k].perm);
+            x->res[k] = strdup(d->team_asg[t][k].res);
+        }
+        x->next = f->t[fnv(id) % FLOOR_BUCKETS];
+        f->t[fnv(id) % FLOOR_BUCKETS] = x;
+    }
+    for (u = 0; u < NUSERS; u++) {
+        f_user *x = calloc(1, sizeof *x);
+
+        snprintf(id, sizeof id, "sub-%d", u);
+        x->subject = strdup(id);
+        x->nteams = (size_t)d->nteams_of[u];
+        x->teams = calloc(x->nteams, sizeof *x->teams);
+        for (k = 0; k < d->nteams_of[u]; k++) {
+            snprintf(id, sizeof id, "team-%08d", d->teams_of[u][k]);
+            x->teams[k] = floor_team(f, id);
+        }
+        x->n = (size_t)d->ndirect[u];
+        x->perm = calloc(x->n + 1, sizeof *x->perm);
+        x->res = calloc(x->n + 1, sizeof *x->res);
+        for (k = 0; k < d->ndirect[u]; k++) {
+            x->perm[k] = strdup(d->direct[u][k].perm);
+            x->res[k] = strdup(d->direct[u][k].res);
+        }
+        x->next = f->u[fnv(x->subject) % FLOOR_BUCKETS];
+        f->u[fnv(x->subject) % FLOOR_BUCKETS] = x;
+    }
+    return f;
+}
+
+static int floor_scan(char **perm, char **res, size_t n, const char *act, const char *wact,
+                      const char *r, const char *wr)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if ((strcmp(perm[i], act) == 0 || strcmp(perm[i], wact) == 0 ||
+             strcmp(perm[i], "*") == 0) &&
+            (strcmp(res[i], r) == 0 || strcmp(res[i], wr) == 0 || strcmp(res[i], "*") == 0))
+            return 1;
+    return 0;
+}
+
+static int floor_check(const floor_t *f, const char *sub, const char *act, const char *res)
+{
+    char wact[80], wres[80];
+    const f_user *u;
+    size_t k;
+
+    if (azc_action_wildcards(act, wact, sizeof wact) != AZC_OK ||
+        azc_resource_wildcard(res, wres, sizeof wres) != AZC_OK)
+        return 0;
+    for (u = f->u[fnv(sub) % FLOOR_BUCKETS]; u != NULL; u = u->next)
+        if (strcmp(u->subject, sub) == 0)
+            break;
+    if (u == NULL)
+        return 0;
+    if (floor_scan(u->perm, u->res, u->n, act, wact, res, wres))
+        return 1;
+    for (k = 0; k < u->nteams; k++)
+        if (floor_scan(u->teams[k]->perm, u->teams[k]->res, u->teams[k]->n, act, wact, res,
+                       wres))
+            return 1;
+    return 0;
+}
+
+/* ---- queries --------------------------------------------------------- */
+
+typedef struct query {
+    char sub[16], act[32], res[32];
+} query;
+
+static void concrete(const a_row *a, query *q)
+{
+    static const char *const verbs[] = { "read", "write", "delete", "list", "admin" };
+    unsigned t = (unsigned)(rng() % 20);
+
+    if (strcmp(a->perm, "*") == 0)
+        snprintf(q->act, sizeof q->act, "t%u:read", t);
+    else if (strchr(a->perm, '*') != NULL)
+        snprintf(q->act, sizeof q->act, "%.*s:%s", (int)(strchr(a->perm, ':') - a->perm),
+                 a->perm, verbs[rng() % 5]);
+    else
+        snprintf(q->act, sizeof q->act, "%s", a->perm);
+    if (strchr(a->res, '*') != NULL)
+        snprintf(q->res, sizeof q->res, "%.*s/r%u", (int)(strchr(a->res, '/') - a->res), a->res,
+                 (unsigned)(rng() % 1000));
+    else
+        snprintf(q->res, sizeof q->res, "%s", a->res);
+    /* A "*" permission grants any type: keep the resource's type. */
+    if (strcmp(a->perm, "*") == 0 && strchr(q->res, '/') != NULL)
+        snprintf(q->act, sizeof q->act, "%.*s:read", (int)(strchr(q->res, '/') - q->res), q->res);
+}
+
+/* Half the queries are for something the user holds (allowed), half at
+ * random (mostly denied). */
+static query *make_queries(const data *d, int zipf)
+{
+    query *qs = malloc(NQ * sizeof *qs);
+    double *cdf = NULL;
+    int i;
+
+    if (zipf) {
+        double sum = 0;
+
+        cdf = malloc(NUSERS * sizeof *cdf);
+        for (i = 0; i < NUSERS; i++)
+            cdf[i] = (sum += 1.0 / pow(i + 1, 1.1));
+        for (i = 0; i < NUSERS; i++)
+            cdf[i] /= sum;
+    }
+    for (i = 0; i < NQ; i++) {
+        int u;
+
+        if (zipf) {
+            double x = (double)(rng() >> 11) / 9007199254740992.0;
+            int lo = 0, hi = NUSERS - 1;
+
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+
+                if (cdf[mid] < x)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            /* Spread the popular users over the table, not 0, 1, 2... */
+            u = (int)(((uint64_t)lo * 48271u) % NUSERS);
+        } else {
+            u = (int)(rng() % NUSERS);
+        }
+        snprintf(qs[i].sub, sizeof qs[i].sub, "sub-%d", u);
+        if (rng() % 2 == 0) {
+            int k = (int)(rng() % (uint64_t)(d->ndirect[u] + d->nteams_of[u] * TEAM_ASG));
+
+            concrete(k < d->ndirect[u] ? &d->direct[u][k]
+                                       : &d->team_asg[d->teams_of[u][(k - d->ndirect[u]) /
+                                                                     TEAM_ASG]]
+                                                     [(k - d->ndirect[u]) % TEAM_ASG],
+                     &qs[i]);
+        } else {
+            snprintf(qs[i].act, sizeof qs[i].act, "t%u:write", (unsigned)(rng() % 20));
+            snprintf(qs[i].res, sizeof qs[i].res, "t%u/r%u", (unsigned)(rng() % 20),
+                     (unsigned)(rng() % 1000));
+        }
+    }
+    free(cdf);
+    return qs;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+typedef struct run {
+    af_index *ix;
+    const floor_t *fl;
+    const query *qs;
+    size_t n;
+    long allowed;
+    double secs;
+} run;
+
+static void measure(const char *label, af_index *ix, const floor_t *fl, const query *qs)
+{
+    size_t nb = NQ / BATCH, b, i;
+    double *ns = malloc(nb * sizeof *ns), t0;
+    long allowed = 0;
+
+    for (b = 0; b < nb; b++) {
+        t0 = now_s();
+        for (i = b * BATCH; i < (b + 1) * BATCH; i++) {
+            if (ix != NULL) {
+                af_result r;
+                af_query q = { qs[i].sub, qs[i].act, qs[i].res };
+
+                af_index_check(ix, &q, &r);
+                allowed += r.allowed;
+            } else {
+                allowed += floor_check(fl, qs[i].sub, qs[i].act, qs[i].res);
+            }
+        }
+        ns[b] = (now_s() - t0) * 1e9 / BATCH;
+    }
+    qsort(ns, nb, sizeof *ns, cmp_d);
+    printf("  %-22s p50 %7.0f ns  p99 %7.0f ns  p99.9 %7.0f ns  (allowed %.1f%%)\n", label,
+           ns[nb / 2], ns[nb * 99 / 100], ns[nb * 999 / 1000], 100.0 * allowed / (double)NQ);
+    free(ns);
+}
+
+static void *thr(void *arg)
+{
+    run *r = arg;
+    double t0 = now_s();
+    size_t i;
+
+    for (i = 0; i < r->n; i++) {
+        af_result res;
+        af_query q = { r->qs[i % NQ].sub, r->qs[i % NQ].act, r->qs[i % NQ].res };
+
+        af_index_check(r->ix, &q, &res);
+        r->allowed += res.allowed;
+    }
+    r->secs = now_s() - t0;
+    return NULL;
+}
+
+static void throughput(af_index *ix, const query *qs, int nthreads)
+{
+    pthread_t th[2];
+    run r[2];
+    double rate = 0;
+    int i;
+
+    for (i = 0; i < nthreads; i++) {
+        r[i] = (run){ .ix = ix, .qs = qs + (size_t)i * (NQ / 2), .n = 2000000 };
+        if (pthread_create(&th[i], NULL, thr, &r[i]) != 0) {
+            fprintf(stderr, "pthread_create failed\n");
+            return;
+        }
+    }
+    for (i = 0; i < nthreads; i++) {
+        pthread_join(th[i], NULL);
+        rate += (double)r[i].n / r[i].secs;
+    }
+    printf("  checks per second, %d thread%s: %.2f M\n", nthreads, nthreads > 1 ? "s" : "",
+           rate / 1e6);
+}
+
+int main(void)
+{
+    data *d;
+    floor_t *fl;
+    json_t *snap;
+    af_index *ix;
+    af_index_stats st;
+    query *qz, *qu;
+    azc_err e;
+    long rss0, rss1, rss2;
+    double t0;
+
+    if ((d = make_data()) == NULL || (ix = af_index_new("us")) == NULL) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    printf("authz-bench-index: %d users, %d teams, %zu assignments\n", NUSERS, NTEAMS, d->nasg);
+    t0 = now_s();
+    snap = make_snapshot(d);
+    printf("  json build:            %.2f s\n", now_s() - t0);
+    rss0 = rss_kb();
+    t0 = now_s();
+    if (snap == NULL || af_index_load_snapshot(ix, snap, &e) != AZC_OK) {
+        fprintf(stderr, "load failed: %s\n", snap == NULL ? "no json" : e.msg);
+        return 1;
+    }
+    printf("  snapshot load:         %.2f s\n", now_s() - t0);
+    rss1 = rss_kb();
+    json_decref(snap);
+    rss2 = rss_kb();
+    af_index_get_stats(ix, &st);
+    printf("  index: %zu users, %zu teams, %zu memberships, %zu assignments\n", st.users,
+           st.teams, st.memberships, st.assignments);
+    printf("  index memory: RSS delta over the load %.1f MB (%.0f B/assignment); "
+           "its own count %.1f MB (%.0f B/assignment); RSS after freeing the json %.1f MB\n",
+           (double)(rss1 - rss0) / 1024, (double)(rss1 - rss0) * 1024 / (double)st.assignments,
+           (double)st.bytes / 1048576, (double)st.bytes / (double)st.assignments,
+           (double)rss2 / 1024);
+    fl = make_floor(d);
+    qz = make_queries(d, 1);
+    qu = make_queries(d, 0);
+    printf("  per check, one thread (batches of %d timed with clock_gettime):\n", BATCH);
+    measure("index, zipf users", ix, NULL, qz);
+    measure("index, uniform users", ix, NULL, qu);
+    measure("floor, zipf users", NULL, fl, qz);
+    measure("floor, uniform users", NULL, fl, qu);
+    throughput(ix, qu, 1);
+    throughput(ix, qu, 2);
+    af_index_free(ix);
+    return 0;
+}
