@@ -53,6 +53,7 @@
 #include <jansson.h>
 
 #include "common/pg.h"
+#include "common/url.h"
 #include "replicator/apply.h"
 #include "replicator/follower.h"
 
@@ -78,8 +79,8 @@ struct rp_follower {
     rp_shared *sh;
     size_t index;
     char name[RP_REGION_LEN];
-    char host[256];
-    char prefix[256];           /* URL path prefix without its trailing '/' */
+    char host[AZC_URL_HOST_MAX];
+    char prefix[AZC_URL_PREFIX_MAX];           /* URL path prefix without its trailing '/' */
     int port;
     struct event_base *base;
     struct event *step_ev;
@@ -661,38 +662,17 @@ static void on_step(evutil_socket_t fd, short what, void *arg)
 
 static int url_parse(rp_follower *f, const char *url, azc_err *e)
 {
-    struct evhttp_uri *u = evhttp_uri_parse(url);
-    const char *scheme, *host, *path;
-    size_t n;
-    int rc = AZC_OK;
+    azc_base_url u;
+    char what[96];
+    int rc;
 
-    if (u == NULL)
-        return azc_err_set(e, AZC_EINVAL, "configuration: peers.%s is not a URL", f->name);
-    scheme = evhttp_uri_get_scheme(u);
-    host = evhttp_uri_get_host(u);
-    path = evhttp_uri_get_path(u);
-    if (scheme == NULL || strcmp(scheme, "http") != 0)
-        rc = azc_err_set(e, AZC_EINVAL, "configuration: peers.%s must be an http:// URL",
-                         f->name);
-    else if (host == NULL || host[0] == '\0' || strlen(host) >= sizeof f->host)
-        rc = azc_err_set(e, AZC_EINVAL, "configuration: peers.%s has no host", f->name);
-    else if (evhttp_uri_get_query(u) != NULL || evhttp_uri_get_fragment(u) != NULL ||
-             evhttp_uri_get_userinfo(u) != NULL)
-        rc = azc_err_set(e, AZC_EINVAL,
-                         "configuration: peers.%s must hold no query, fragment or user",
-                         f->name);
-    else if (path != NULL && strlen(path) >= sizeof f->prefix)
-        rc = azc_err_set(e, AZC_EINVAL, "configuration: peers.%s has too long a path", f->name);
-    if (rc == AZC_OK) {
-        snprintf(f->host, sizeof f->host, "%s", host);
-        f->port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 80;
-        snprintf(f->prefix, sizeof f->prefix, "%s", path != NULL ? path : "");
-        n = strlen(f->prefix);
-        while (n > 0 && f->prefix[n - 1] == '/')
-            f->prefix[--n] = '\0';
-    }
-    evhttp_uri_free(u);
-    return rc;
+    snprintf(what, sizeof what, "peers.%s", f->name);
+    if ((rc = azc_base_url_parse(url, what, &u, e)) != AZC_OK)
+        return rc;
+    snprintf(f->host, sizeof f->host, "%s", u.host);
+    f->port = u.port;
+    snprintf(f->prefix, sizeof f->prefix, "%s", u.prefix);
+    return AZC_OK;
 }
 
 int rp_follower_url_check(const char *name, const char *url, azc_err *e)
