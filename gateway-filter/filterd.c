@@ -3,7 +3,7 @@
  * gateways that cannot embed C (docs/gateway.md).
  *
  *   GET /auth            nginx auth_request: the original method and URI
- *                        come from ext_authz.method_header / uri_header
+ *                        come from extauthz.method_header / uri_header
  *   ANY <path_prefix>/.. Envoy ext_authz (HTTP service): the original
  *                        request's method and path, behind a prefix
  *
@@ -445,16 +445,16 @@ static int header_name(const azc_config *cfg, const char *key, const char *def, 
     size_t i;
     int rc;
 
-    if ((rc = azc_config_get_string(cfg, "ext_authz", key, def, &s, e)) != AZC_OK)
+    if ((rc = azc_config_get_string(cfg, "extauthz", key, def, &s, e)) != AZC_OK)
         return rc;
     if (s[0] == '\0' || strlen(s) >= n)
-        return azc_err_set(e, AZC_EINVAL, "configuration: ext_authz.%s must be a header name",
+        return azc_err_set(e, AZC_EINVAL, "configuration: extauthz.%s must be a header name",
                            key);
     for (i = 0; s[i] != '\0'; i++)
         if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
               (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '_'))
             return azc_err_set(e, AZC_EINVAL,
-                               "configuration: ext_authz.%s must be a header name", key);
+                               "configuration: extauthz.%s must be a header name", key);
     snprintf(out, n, "%s", s);
     return AZC_OK;
 }
@@ -464,8 +464,8 @@ static int configure(void *arg, azc_service *svc, azc_err *e)
     app *a = arg;
     static const azc_config_key own[] = {
         { "http", "addr" },          { "http", "port" },          { "http", "threads" },
-        { "ext_authz", "method_header" }, { "ext_authz", "uri_header" },
-        { "ext_authz", "path_prefix" }, { "log", "level" },
+        { "extauthz", "method_header" }, { "extauthz", "uri_header" },
+        { "extauthz", "path_prefix" }, { "log", "level" },
     };
     azc_config_key known[128];
     const azc_config_key *lib;
@@ -491,7 +491,7 @@ static int configure(void *arg, azc_service *svc, azc_err *e)
                           sizeof a->method_header, e)) ||
         (rc = header_name(a->cfg, "uri_header", "X-Original-URI", a->uri_header,
                           sizeof a->uri_header, e)) ||
-        (rc = azc_config_get_string(a->cfg, "ext_authz", "path_prefix", "/ext-authz", &prefix,
+        (rc = azc_config_get_string(a->cfg, "extauthz", "path_prefix", "/ext-authz", &prefix,
                                     e)))
         return rc;
     if (strlen(addr) >= sizeof a->addr)
@@ -500,7 +500,7 @@ static int configure(void *arg, azc_service *svc, azc_err *e)
         prefix[strlen(prefix) - 1] == '/' || strcmp(prefix, "/auth") == 0 ||
         strpbrk(prefix, "%?#{}") != NULL)
         return azc_err_set(e, AZC_EINVAL,
-                           "configuration: ext_authz.path_prefix must be a path like "
+                           "configuration: extauthz.path_prefix must be a path like "
                            "\"/ext-authz\" (no trailing '/', not /auth)");
     snprintf(a->addr, sizeof a->addr, "%s", addr);
     snprintf(a->prefix, sizeof a->prefix, "%s", prefix);
