@@ -75,14 +75,6 @@ static void on_snapshot(struct evhttp_request *req, void *arg)
     evbuffer_free(b);
 }
 
-static void on_stream_gone(struct evhttp_connection *c, void *arg)
-{
-    struct fake *fk = arg;
-
-    (void)c;
-    fk->stream = NULL;
-}
-
 static void on_changes(struct evhttp_request *req, void *arg)
 {
     struct fake *fk = arg;
@@ -102,8 +94,9 @@ static void on_changes(struct evhttp_request *req, void *arg)
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "application/x-ndjson");
     evhttp_send_reply_start(req, 200, "OK");
+    /* Kept even when its client goes: libevent then hands the unfinished
+     * request over to us, and evhttp_send_reply_end frees it. */
     fk->stream = req;
-    evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_stream_gone, fk);
 }
 
 /* Every 2 ms: the queued lines to the open stream. */
@@ -171,6 +164,8 @@ static void fake_free(struct fake *fk)
 {
     event_base_loopbreak(fk->base);
     pthread_join(fk->thread, NULL);
+    if (fk->stream != NULL)
+        evhttp_send_reply_end(fk->stream);
     event_free(fk->pump);
     evhttp_free(fk->http);
     event_base_free(fk->base);
