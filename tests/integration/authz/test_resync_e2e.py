@@ -142,7 +142,11 @@ def test_restore_is_detected_at_both_ends_and_resync_reconverges(cluster, workdi
         def relay_diverged():
             r = requests.get(idn.url + "/readyz", timeout=5)
             m = requests.get(idn.url + "/metrics", timeout=5).text
-            return r.status_code == 503 and "identity_relay_diverged 1" in m and r.text
+            # /readyz names the first reason it is not ready: while the
+            # restarted identity's workers are still connecting to their
+            # database that is the database, so wait for the divergence.
+            return (r.status_code == 503 and "identity_relay_diverged 1" in m and
+                    "resync" in r.text and r.text)
         ready_text = wait_until(relay_diverged, 30, "the relay to report the divergence")
         assert "resync" in ready_text, ready_text
         assert "resync" in open(idn.log).read()
