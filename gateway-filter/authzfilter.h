@@ -99,6 +99,11 @@ typedef struct af_decision {
  * (af_ready tells).
  */
 int af_open(const char *config_file, authzfilter **out, char *err, size_t errlen);
+/* Loads and checks `config_file` as af_open would (every setting, the key
+ * files, the routes file, the policy URL) without starting anything, so a
+ * host can refuse a bad configuration before it serves (nginx -t). 0, or
+ * -1 with `err` filled. */
+int af_config_test(const char *config_file, char *err, size_t errlen);
 /* Stops the background thread, wakes nothing more, frees everything. No
  * other thread may be inside af_check or af_wait. */
 void af_close(authzfilter *f);
@@ -127,6 +132,10 @@ int af_wait(authzfilter *f, const af_decision *d, void (*cb)(void *arg), void *a
  * run), 0 the callback has already run or is running (the handle is
  * gone). */
 int af_wait_cancel(authzfilter *f, af_waiter *handle);
+
+/* decision.retry_budget_ms: how long a host holds a transient deny for
+ * (af_wait) before it answers it. */
+long long af_retry_budget_ms(const authzfilter *f);
 
 /* Re-reads the key files and the routes file (SIGHUP); a file that does
  * not load keeps what is in use. 0, or -1 with err filled. */

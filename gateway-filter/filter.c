@@ -12,6 +12,7 @@
  */
 #include "gateway-filter/authzfilter.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@
 #include "common/hlc.h"
 #include "common/jwt.h"
 #include "common/revision.h"
+#include "common/url.h"
 #include "gateway-filter/feed.h"
 #include "gateway-filter/filter_internal.h"
 #include "gateway-filter/index.h"
@@ -94,7 +96,7 @@ const azc_config_key *af__config_keys(size_t *n)
     return keys;
 }
 
-long long af__retry_budget_ms(const authzfilter *f)
+long long af_retry_budget_ms(const authzfilter *f)
 {
     return f->retry_budget_ms;
 }
@@ -184,7 +186,10 @@ static int read_tokens(const azc_config *cfg, af_tokens **out, azc_err *e)
 
 static void on_publish(void *arg, int changed);
 
-int af__open_config(const azc_config *cfg, azc_log *log, authzfilter **out, azc_err *e)
+/* Everything af_open does; with start 0 (af_config_test) it stops before
+ * the feed thread, once every setting, key and route has loaded. */
+static int open_config(const azc_config *cfg, azc_log *log, int start, authzfilter **out,
+                       azc_err *e)
 {
     static const char *const unmapped[] = { "deny", "allow", NULL };
     static const char *const deny_after[] = { "arrival", "revision", NULL };
@@ -263,6 +268,22 @@ int af__open_config(const azc_config *cfg, azc_log *log, authzfilter **out, azc_
         rc = azc_err_set(e, AZC_ENOMEM, "out of memory");
         goto fail;
     }
+    if (!start) {
+        azc_base_url u;
+        FILE *fp;
+
+        if ((rc = azc_base_url_parse(url, "policy.url", &u, e)) != AZC_OK)
+            goto fail;
+        if (token_file != NULL && (fp = fopen(token_file, "r")) == NULL) {
+            rc = azc_err_set(e, AZC_EINVAL, "cannot read policy.token_file %s: %s", token_file,
+                             strerror(errno));
+            goto fail;
+        } else if (token_file != NULL) {
+            fclose(fp);
+        }
+        af_close(f);
+        return AZC_OK;
+    }
     memset(&fo, 0, sizeof fo);
     fo.url = url;
     fo.token_file = token_file;
@@ -284,7 +305,13 @@ fail:
     return rc;
 }
 
-int af_open(const char *config_file, authzfilter **out, char *err, size_t errlen)
+int af__open_config(const azc_config *cfg, azc_log *log, authzfilter **out, azc_err *e)
+{
+    return open_config(cfg, log, 1, out, e);
+}
+
+static int open_file(const char *config_file, int start, authzfilter **out, char *err,
+                     size_t errlen)
 {
     azc_config *cfg = NULL;
     azc_config_key known[sizeof keys / sizeof keys[0] + 1];
@@ -307,7 +334,7 @@ int af_open(const char *config_file, authzfilter **out, char *err, size_t errlen
         rc = azc_err_set(&e, AZC_ENOMEM, "out of memory");
         goto out;
     }
-    if ((rc = af__open_config(cfg, log, out, &e)) == AZC_OK) {
+    if ((rc = open_config(cfg, log, start, out, &e)) == AZC_OK && start) {
         (*out)->own_log = log;
         log = NULL;
     }
@@ -317,6 +344,18 @@ out:
     if (rc != AZC_OK && err != NULL && errlen > 0)
         snprintf(err, errlen, "%s", e.msg);
     return rc == AZC_OK ? 0 : -1;
+}
+
+int af_open(const char *config_file, authzfilter **out, char *err, size_t errlen)
+{
+    return open_file(config_file, 1, out, err, errlen);
+}
+
+int af_config_test(const char *config_file, char *err, size_t errlen)
+{
+    authzfilter *unused = NULL;
+
+    return open_file(config_file, 0, &unused, err, errlen);
 }
 
 void af_close(authzfilter *f)

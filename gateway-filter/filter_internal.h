@@ -22,7 +22,4 @@ const azc_config_key *af__config_keys(size_t *n);
 int af__open_config(const azc_config *cfg, azc_log *log, authzfilter **out,
                     azc_err *e) AZC_WARN_UNUSED;
 
-/* The settings af_check applies, for the daemon's own answers. */
-long long af__retry_budget_ms(const authzfilter *f);
-
 #endif

@@ -524,7 +524,7 @@ static int start(void *arg, azc_service *svc, azc_err *e)
 
     if ((rc = af__open_config(a->cfg, a->log, &a->f, e)) != AZC_OK)
         return rc;
-    a->budget_ms = af__retry_budget_ms(a->f);
+    a->budget_ms = af_retry_budget_ms(a->f);
     memset(&opts, 0, sizeof opts);
     opts.service = "filter";
     opts.reuse_port = 1;

@@ -9,7 +9,8 @@
 # ways and --one-way) change the proxies (checked through their control
 # port and with real requests), verify agrees, and a dead proxy is
 # repaired. When authz-filterd is built and nginx installed: each region's
-# filter and nginx gateway are up, the gateway passes the filter's 200,
+# filter and nginx gateway are up (--gateway auth_request: the gateway
+# module is it_gateway's), the gateway passes the filter's 200,
 # 401, 403 and headers through, maps an unreachable filter to 503, a dead
 # filter or nginx is repaired, and down leaves no nginx on the gateway
 # ports. Takes the binaries from $AUTHZ_BIN_DIR (default
@@ -40,7 +41,7 @@ running() {
 }
 
 delay=30
-"$cluster" up --regions us,eu --run-dir "$run_dir" --base-port auto --delay-ms $delay
+"$cluster" up --regions us,eu --run-dir "$run_dir" --base-port auto --delay-ms $delay --gateway auth_request
 replication=0
 if [ -x "$bin_dir/authz-replicator" ] && [ -x "$bin_dir/authz-netem-proxy" ] &&
    [ -x "$bin_dir/authz-server" ] && [ -x "$bin_dir/authz-identity" ]; then

@@ -16,6 +16,13 @@
  * tokens are in the per-thread cache), then decisions per second on 1 and
  * 2 threads.
  *
+ * --serve: the --full set up (snapshot server, keys, routes, the filter's
+ * configuration file) without the measurement, for a filter in another
+ * process (tools/bench/module-memory runs nginx with the module on it):
+ * prints "config PATH", "token BEARER" and "path PATH" (a request one of the
+ * users is allowed) on stdout, serves until its standard input closes,
+ * then removes its files.
+ *
  * Timing: clock_gettime(CLOCK_MONOTONIC) around batches of BATCH checks,
  * divided by BATCH, so the clock read (about 20 ns) does not dominate; the
  * percentiles are therefore of batch means, which smooths the tail a
@@ -609,7 +616,7 @@ static void *full_thr(void *arg)
     return NULL;
 }
 
-static int full_bench(json_t *snap, const query *qs, const char *label)
+static int full_bench(json_t *snap, const query *qs, const char *label, int serve)
 {
     char dir[] = "/tmp/authz-bench-filter.XXXXXX", path[128], conf[2048], err[256];
     EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
@@ -703,6 +710,18 @@ static int full_bench(json_t *snap, const query *qs, const char *label)
     snprintf(path, sizeof path, "%s/filter.json", dir);
     if (write_file(path, conf, strlen(conf)) != 0)
         goto out;
+    if (serve) {
+        char buf[256];
+
+        /* The Zipf mix's first query is the hottest user: allowed or not,
+         * it is a decision on the whole set. */
+        printf("config %s\ntoken %s\npath %s\n", path, rq[0].auth, rq[0].path);
+        fflush(stdout);
+        while (fread(buf, 1, sizeof buf, stdin) > 0)
+            ;
+        rc = 0;
+        goto out;
+    }
     t0 = now_s();
     if (af_open(path, &f, err, sizeof err) != 0) {
         fprintf(stderr, "af_open: %s\n", err);
@@ -770,8 +789,9 @@ int main(int argc, char **argv)
     double t0;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc > 2 || (argc == 2 && strcmp(argv[1], "--full") != 0)) {
-        fprintf(stderr, "usage: authz-bench-index [--full]\n");
+    if (argc > 2 ||
+        (argc == 2 && strcmp(argv[1], "--full") != 0 && strcmp(argv[1], "--serve") != 0)) {
+        fprintf(stderr, "usage: authz-bench-index [--full | --serve]\n");
         return 2;
     }
     if (argc == 2) {
@@ -781,10 +801,12 @@ int main(int argc, char **argv)
             fprintf(stderr, "out of memory\n");
             return 1;
         }
+        qz = make_queries(d, 1);
+        if (strcmp(argv[1], "--serve") == 0)
+            return full_bench(snap, qz, NULL, 1);
         printf("authz-bench-index --full: %d users, %d teams, %zu assignments,"
                " 100 routes, ES256 tokens\n", NUSERS, NTEAMS, d->nasg);
-        qz = make_queries(d, 1);
-        return full_bench(snap, qz, "zipf users");
+        return full_bench(snap, qz, "zipf users", 0);
     }
     if ((d = make_data()) == NULL || (ix = af_index_new("us")) == NULL) {
         fprintf(stderr, "out of memory\n");
