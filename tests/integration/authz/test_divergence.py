@@ -350,7 +350,10 @@ def test_no_message_makes_it_not_ready(cluster, workdir):
     topic = new_topic(cluster)
     az = start(Authz(cluster, workdir, topic, "silent", extra={"consumer": {"stall_ms": 500}}))
     try:
-        wait_until(lambda: readyz(az).status_code == 503, 30, "readyz 503")
+        # Not the 503 of a database link still connecting at start: the
+        # consumer's own verdict.
+        wait_until(lambda: readyz(az).status_code == 503 and
+                   consumer(az)["state"] == "stalled", 30, "readyz 503, the consumer stalled")
         c = consumer(az)
         assert c["state"] == "stalled" and "no message" in c["error"], c
         assert c["last_message_age_ms"] > 500
