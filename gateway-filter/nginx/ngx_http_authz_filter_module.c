@@ -358,9 +358,9 @@ static void ngx_http_authz_on_wake(void *arg)
     }
 }
 
-/* Cancels what a request still has registered; 1 if the record was freed
- * here, 0 if the library's callback owns it now (it reaches the woken list
- * and is freed there). */
+/* Cancels what a request still has registered. The record is freed here
+ * when the cancel wins; when the library's callback already runs, the
+ * record reaches the woken list marked as gone and is freed there. */
 static void ngx_http_authz_drop_wait(ngx_http_authz_ctx_t *ctx)
 {
     ngx_http_authz_wait_t *w = ctx->wait;
