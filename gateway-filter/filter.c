@@ -227,7 +227,7 @@ static int open_config(const azc_config *cfg, azc_log *log, int start, authzfilt
         (rc = get_choice(cfg, "routes", "unmapped", unmapped, 0, &f->unmapped_allow, e)) ||
         (rc = read_paths(cfg, &f->paths, e)) ||
         (rc = get_choice(cfg, "decision", "deny_after", deny_after, 0, &v, e)) ||
-        (rc = azc_config_get_int(cfg, "decision", "clock_tolerance_ms", 20, 0, 60000,
+        (rc = azc_config_get_int(cfg, "decision", "clock_tolerance_ms", 0, 0, 60000,
                                  &f->clock_tolerance_ms, e)) ||
         (rc = azc_config_get_int(cfg, "decision", "heartbeat_ms", 200, 10, 60000, &hb, e)) ||
         (rc = azc_config_get_int(cfg, "decision", "silence_heartbeats", 5, 1, 1000, &silence_n,
