@@ -233,8 +233,7 @@ def test_call_idempotent_post_replayed(lc):
 
 
 def test_call_through_gateways(lc):
-    if "GATEWAY_URL_EU" not in lc.vals:
-        pytest.skip("local-cluster runs no gateway (authz-filterd or nginx missing)")
+    assert "GATEWAY_URL_EU" in lc.vals, "local-cluster runs no gateway (authz-filterd or nginx missing)"
     s = fresh("gw")
     _, _, _, rev = grant(lc, s, "runtime_groups:read", "eu", "runtime_groups/*")
     tok = dev_token("--sub", s, "--aud", "authz-gateway", env=lc.env)
@@ -253,8 +252,8 @@ def test_call_through_gateways(lc):
 
 
 def test_call_retries_transient_403_until_the_grant_arrives(lc):
-    if "GATEWAY_URL_EU" not in lc.vals or "PROXY_CONTROL_US_EU" not in lc.vals:
-        pytest.skip("local-cluster runs no gateway or no proxies")
+    assert "GATEWAY_URL_EU" in lc.vals and "PROXY_CONTROL_US_EU" in lc.vals, \
+        "local-cluster runs no gateway or no proxies"
     s = fresh("late")
     tok = dev_token("--sub", s, "--aud", "authz-gateway", env=lc.env)
     lk = lambda *a: subprocess.run([CLUSTER, "link", *a, "--run-dir", lc.run], env=lc.env,
