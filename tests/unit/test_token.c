@@ -241,7 +241,7 @@ static af_tokens *open_keys(const struct fx *f, const char *keys, const char *jw
     /* Large enough that two test tokens rarely share a slot of the
      * direct-mapped cache (a shared slot evicts, which a test of caching
      * would read as a miss). */
-    cfg.cache_entries = 65536;
+    cfg.cache_entries = 4096;
     (void)f;
     assert_int_equal(af_tokens_new(&cfg, &t, &e), AZC_OK);
     assert_non_null(t);
