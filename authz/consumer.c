@@ -197,9 +197,10 @@ static int kafka_new(az_consumer *c, azc_err *e)
 
     if (conf == NULL)
         return azc_err_set(e, AZC_ENOMEM, "kafka configuration: out of memory");
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", c->sh->set.bootstrap, errstr,
-                          sizeof errstr) != RD_KAFKA_CONF_OK)
-        goto bad;
+    if (azc_kafka_conn_apply(c->sh->set.kafka, conf, e) != AZC_OK) {
+        rd_kafka_conf_destroy(conf);
+        return AZC_EINVAL;
+    }
     for (i = 0; i < sizeof settings / sizeof settings[0]; i++) {
         if (rd_kafka_conf_set(conf, settings[i][0], settings[i][1], errstr, sizeof errstr) !=
             RD_KAFKA_CONF_OK)

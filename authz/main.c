@@ -32,7 +32,7 @@ static const azc_config_key KNOWN[] = {
     { "service", "region" },      { "service", "regions" },
     { "http", "addr" },           { "http", "port" },
     { "http", "workers" },        { "pg", "url" },
-    { "pg", "migrations_dir" },   { "kafka", "bootstrap" },
+    { "pg", "migrations_dir" },   AZC_KAFKA_CONFIG_KEYS,
     { "kafka", "topic" },         { "consumer", "batch" },
     { "consumer", "applied_ids_retain" }, { "consumer", "stall_ms" },
     { "check", "transient_lag_ms" }, { "check", "heartbeat_ms" },
@@ -105,8 +105,7 @@ static int load_settings(app *a, azc_err *e)
         (rc = azc_config_get_string(a->cfg, "pg", "url", NULL, &s->pg_url, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "pg", "migrations_dir", AUTHZ_SQL_DIR "/authz",
                                     &a->migrations_dir, e)) != AZC_OK ||
-        (rc = azc_config_get_string(a->cfg, "kafka", "bootstrap", NULL, &s->bootstrap, e)) !=
-            AZC_OK ||
+        (rc = azc_kafka_conn_new(a->cfg, &s->kafka, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "kafka", "topic", NULL, &s->topic, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "http", "addr", "127.0.0.1", &s->http_addr, e)) !=
             AZC_OK ||
@@ -161,7 +160,7 @@ static int load_settings(app *a, azc_err *e)
     s->batch = (int)batch;
     if (s->pg_url == NULL)
         return azc_err_set(e, AZC_EINVAL, "configuration: pg.url must be set");
-    if (s->bootstrap == NULL)
+    if (azc_kafka_conn_bootstrap(s->kafka) == NULL)
         return azc_err_set(e, AZC_EINVAL, "configuration: kafka.bootstrap must be set");
     /* Half a configuration would leave the feed open while its owner
      * believes it closed. */
@@ -397,9 +396,10 @@ static json_t *describe(void *arg)
 {
     app *a = arg;
 
-    return json_pack("{s:s, s:s, s:i, s:i, s:b}", "region", a->sh.set.region, "topic",
-                     a->sh.set.topic, "port", a->bound_port, "workers", a->nworkers,
-                     "peer_auth", a->sh.set.keys_file != NULL);
+    return json_pack("{s:s, s:s, s:s, s:i, s:i, s:b}", "region", a->sh.set.region, "topic",
+                     a->sh.set.topic, "kafka", azc_kafka_conn_describe(a->sh.set.kafka), "port",
+                     a->bound_port, "workers", a->nworkers, "peer_auth",
+                     a->sh.set.keys_file != NULL);
 }
 
 static void cleanup(void *arg)
@@ -409,6 +409,7 @@ static void cleanup(void *arg)
 
     /* The consumer finishes (commits or rolls back) its batch first. */
     az_consumer_free(a->consumer);
+    azc_kafka_conn_free(a->sh.set.kafka);
     for (i = 0; i < MAX_WORKERS; i++)
         worker_free(&a->workers[i]);
     if (a->status_lock_made)

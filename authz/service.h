@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/jwt.h"
+#include "common/kafka.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/revision.h"
@@ -23,7 +24,7 @@ typedef struct az_settings {
     char regions[AZ_MAX_REGIONS][AZC_REGION_MAX + 1];
     size_t nregions;
     const char *pg_url;
-    const char *bootstrap;
+    azc_kafka_conn *kafka;      /* bootstrap list and security; owned */
     const char *topic;
     const char *http_addr;
     int http_port;

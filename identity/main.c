@@ -22,6 +22,7 @@
 
 #include "common/config.h"
 #include "common/http.h"
+#include "common/kafka.h"
 #include "common/migrate.h"
 #include "common/pg.h"
 #include "common/runner.h"
@@ -41,7 +42,7 @@ static const azc_config_key KNOWN[] = {
     { "http", "addr" },           { "http", "port" },
     { "http", "workers" },        { "http", "max_body_bytes" },
     { "pg", "url" },              { "pg", "migrations_dir" },
-    { "kafka", "bootstrap" },     { "kafka", "topic" },
+    AZC_KAFKA_CONFIG_KEYS,        { "kafka", "topic" },
     { "relay", "enabled" },       { "relay", "heartbeat_ms" },
     { "relay", "max_in_flight" }, { "api", "enabled" },
     { "auth", "keys_file" },      { "auth", "issuer" },
@@ -68,7 +69,8 @@ typedef struct app {
     const azc_config *cfg;
     id_shared sh;
     const char *migrations_dir;
-    const char *bootstrap, *topic;
+    azc_kafka_conn *kafka;     /* bootstrap list and its security */
+    const char *topic;
     char topic_buf[64];
     int relay_enabled, api_enabled;
     long long heartbeat_ms, max_in_flight;
@@ -106,7 +108,7 @@ static int load_settings(app *a, azc_err *e)
                                  e)) != AZC_OK ||
         (rc = azc_config_get_int(a->cfg, "relay", "max_in_flight", 1000, 1, 100000,
                                  &a->max_in_flight, e)) != AZC_OK ||
-        (rc = azc_config_get_string(a->cfg, "kafka", "bootstrap", NULL, &a->bootstrap, e)) != AZC_OK ||
+        (rc = azc_kafka_conn_new(a->cfg, &a->kafka, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "kafka", "topic", NULL, &a->topic, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "auth", "keys_file", NULL, &s->keys_file, e)) != AZC_OK ||
         (rc = azc_config_get_string(a->cfg, "auth", "issuer", NULL, &s->issuer, e)) != AZC_OK ||
@@ -134,7 +136,7 @@ static int load_settings(app *a, azc_err *e)
     if (a->api_enabled && (s->keys_file == NULL || s->issuer == NULL || s->audience == NULL))
         return azc_err_set(e, AZC_EINVAL, "configuration: auth.keys_file, auth.issuer and "
                                           "auth.audience must be set when the API is enabled");
-    if (a->relay_enabled && a->bootstrap == NULL)
+    if (a->relay_enabled && azc_kafka_conn_bootstrap(a->kafka) == NULL)
         return azc_err_set(e, AZC_EINVAL, "configuration: kafka.bootstrap must be set when the "
                                           "relay is enabled");
     if (a->topic == NULL) {
@@ -298,7 +300,7 @@ static int start(void *arg, azc_service *svc, azc_err *e)
         }
     }
     if (a->relay_enabled) {
-        id_relay_config rc_cfg = { a->sh.set.pg_url, a->bootstrap, a->topic, a->sh.set.region,
+        id_relay_config rc_cfg = { a->sh.set.pg_url, a->kafka, a->topic, a->sh.set.region,
                                    (int)a->heartbeat_ms, (int)a->max_in_flight, a->sh.log,
                                    a->sh.metrics };
         a->relay = id_relay_new(&rc_cfg, e);
@@ -323,21 +325,21 @@ static json_t *describe(void *arg)
 {
     app *a = arg;
 
-    return json_pack("{s:s, s:i, s:i, s:b, s:b}", "region", a->sh.set.region, "port",
+    return json_pack("{s:s, s:i, s:i, s:b, s:b, s:s}", "region", a->sh.set.region, "port",
                      a->bound_port, "workers", a->nworkers, "api", a->api_enabled, "relay",
-                     a->relay_enabled);
+                     a->relay_enabled, "kafka", azc_kafka_conn_describe(a->kafka));
 }
 
 /* `authz-identity resync`: one JSON summary line on stdout. */
 static int run_resync(app *a, azc_err *e)
 {
-    id_resync_config cfg = { a->sh.set.pg_url, a->bootstrap, a->topic, a->sh.set.region, 0,
+    id_resync_config cfg = { a->sh.set.pg_url, a->kafka, a->topic, a->sh.set.region, 0,
                              a->sh.log };
     id_resync_result res;
     json_t *sum;
     int rc;
 
-    if (a->bootstrap == NULL)
+    if (azc_kafka_conn_bootstrap(a->kafka) == NULL)
         return azc_err_set(e, AZC_EINVAL, "configuration: kafka.bootstrap must be set for resync");
     if ((rc = azc_migrate_url(a->sh.set.pg_url, "authz-identity-migrate", 10000,
                               a->migrations_dir, "identity", a->sh.log, e)) != AZC_OK ||
@@ -374,7 +376,9 @@ static int command(void *arg, azc_service *svc, const char *name, azc_err *e)
     if ((rc = run_resync(arg, e)) != AZC_OK) {
         char msg[AZC_ERRMSG_MAX];
 
-        azc_text_fmt(msg, sizeof msg, "%s; nothing was written", e->msg);
+        /* The cause is cut rather than the promise that nothing changed. */
+        azc_text_fmt(msg, sizeof msg, "%.*s; nothing was written",
+                     (int)(sizeof msg - sizeof "; nothing was written"), e->msg);
         return azc_err_set(e, rc, "%s", msg);
     }
     return AZC_OK;
@@ -386,6 +390,7 @@ static void cleanup(void *arg)
     int i;
 
     id_relay_free(a->relay);
+    azc_kafka_conn_free(a->kafka);
     for (i = 0; i < MAX_WORKERS; i++)
         worker_free(&a->workers[i]);
     azc_jwt_keys_free(a->sh.keys);

@@ -92,7 +92,8 @@ static const char SQL_HEARTBEAT[] =
 #define TAIL_MIN_GAP_MS 200
 
 struct id_relay {
-    char *pg_url, *bootstrap, *topic, *origin;
+    char *pg_url, *topic, *origin;
+    const azc_kafka_conn *kafka; /* borrowed (id_relay_config) */
     int heartbeat_ms, max_in_flight;
     azc_log *log;
     azc_metric *m_published, *m_heartbeats, *m_errors, *m_pending, *m_diverged, *m_checks;
@@ -148,10 +149,10 @@ id_relay *id_relay_new(const id_relay_config *cfg, azc_err *e)
     }
     r->lock_ready = 1;
     r->pg_url = strdup(cfg->pg_url);
-    r->bootstrap = strdup(cfg->bootstrap);
+    r->kafka = cfg->kafka;
     r->topic = strdup(cfg->topic);
     r->origin = strdup(cfg->origin);
-    if (r->pg_url == NULL || r->bootstrap == NULL || r->topic == NULL || r->origin == NULL) {
+    if (r->pg_url == NULL || r->topic == NULL || r->origin == NULL) {
         id_relay_free(r);
         azc_err_set(e, AZC_ENOMEM, "out of memory");
         return NULL;
@@ -334,10 +335,9 @@ static int open_producer(id_relay *r, azc_err *e)
 
     if (conf == NULL)
         return azc_err_set(e, AZC_ENOMEM, "out of memory");
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", r->bootstrap, err, sizeof err) !=
-        RD_KAFKA_CONF_OK) {
+    if (azc_kafka_conn_apply(r->kafka, conf, e) != AZC_OK) {
         rd_kafka_conf_destroy(conf);
-        return azc_err_set(e, AZC_EINVAL, "relay: kafka bootstrap: %s", err);
+        return azc_err_set(e, AZC_EINVAL, "relay: %s", e->msg);
     }
     for (i = 0; i < sizeof settings / sizeof settings[0]; i++) {
         if (rd_kafka_conf_set(conf, settings[i][0], settings[i][1], err, sizeof err) !=
@@ -599,7 +599,7 @@ static int verify_tail(id_relay *r, azc_err *e)
 
         azc_err_clear(&why);
         count(r->m_checks, 1);
-        rc = id_tail_read(r->bootstrap, r->topic, TAIL_TIMEOUT_MS, r->log, &t, &why);
+        rc = id_tail_read(r->kafka, r->topic, TAIL_TIMEOUT_MS, r->log, &t, &why);
         if (rc == AZC_OK) {
             rc = id_tail_check(r->pg, &t, &o, &why);
             if (rc == AZC_OK) {
@@ -822,7 +822,6 @@ void id_relay_free(id_relay *r)
     if (r->stop_pipe[1] >= 0)
         close(r->stop_pipe[1]);
     free(r->pg_url);
-    free(r->bootstrap);
     free(r->topic);
     free(r->origin);
     if (r->lock_ready)

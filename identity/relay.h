@@ -17,12 +17,13 @@
 #include <stddef.h>
 
 #include "common/err.h"
+#include "common/kafka.h"
 #include "common/log.h"
 #include "common/metrics.h"
 
 typedef struct id_relay_config {
     const char *pg_url;
-    const char *bootstrap;        /* Kafka bootstrap servers */
+    const azc_kafka_conn *kafka;  /* borrowed; must outlive the relay */
     const char *topic;            /* identity-events.<region> */
     const char *origin;           /* this region */
     int heartbeat_ms;             /* idle heartbeat interval */

@@ -240,7 +240,7 @@ int id_resync_run(const id_resync_config *cfg, id_resync_result *out, azc_err *e
 
     memset(out, 0, sizeof *out);
     /* Kafka first: if its tail cannot be read, nothing is written. */
-    if ((rc = id_tail_read(cfg->bootstrap, cfg->topic, timeout, cfg->log, &t, e)) != AZC_OK)
+    if ((rc = id_tail_read(cfg->kafka, cfg->topic, timeout, cfg->log, &t, e)) != AZC_OK)
         return rc;
     if (t.undecodable)
         return azc_err_set(e, AZC_ECONFLICT, "the last message of topic %s (offset %" PRId64

@@ -17,11 +17,12 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/kafka.h"
 #include "common/log.h"
 
 typedef struct id_resync_config {
     const char *pg_url;
-    const char *bootstrap;     /* Kafka bootstrap servers */
+    const azc_kafka_conn *kafka; /* Kafka bootstrap and security, borrowed */
     const char *topic;         /* the region's identity topic */
     const char *origin;        /* this region */
     int kafka_timeout_ms;      /* for reading the topic's tail; <= 0: 10 s */

@@ -8,6 +8,7 @@
 #include "identity/tail.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,13 +30,48 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* librdkafka's own lines go to the JSON log, not raw to stderr. */
+/* One read's librdkafka context: where its lines go, and the last error
+ * it reported, so that a read that times out says why (a refused SASL
+ * login, a certificate that does not verify) rather than only "in time". */
+typedef struct tail_ctx {
+    azc_log *lg;
+    pthread_mutex_t lock;
+    char last_error[120];
+} tail_ctx;
+
+/*
+ * librdkafka's own lines go to the JSON log, not raw to stderr. They come
+ * from its threads while id_tail_read blocks in a call that serves no
+ * error callback, so its errors (level 3 and below) are kept from here.
+ */
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-    azc_log *lg = rd_kafka_opaque(rk);
+    tail_ctx *t = rd_kafka_opaque(rk);
 
-    if (lg != NULL)
-        azc_logf(lg, level <= 3 ? AZC_LOG_WARN : AZC_LOG_DEBUG, "tail: kafka %s: %s", fac, buf);
+    if (t->lg != NULL)
+        azc_logf(t->lg, level <= 3 ? AZC_LOG_WARN : AZC_LOG_DEBUG, "tail: kafka %s: %s", fac,
+                 buf);
+    if (level <= 3) {
+        /* "[thrd:NAME]: " only repeats the broker the line names next. */
+        const char *text = buf;
+
+        if (strncmp(text, "[thrd:", 6) == 0 && strstr(text, "]: ") != NULL)
+            text = strstr(text, "]: ") + 3;
+        pthread_mutex_lock(&t->lock);
+        snprintf(t->last_error, sizeof t->last_error, "%s", text);
+        pthread_mutex_unlock(&t->lock);
+    }
+}
+
+/* " (last error: ...)" when librdkafka reported one, else "". */
+static void why_suffix(tail_ctx *t, char *buf, size_t len)
+{
+    pthread_mutex_lock(&t->lock);
+    if (t->last_error[0] != '\0')
+        snprintf(buf, len, " (last error: %s)", t->last_error);
+    else
+        buf[0] = '\0';
+    pthread_mutex_unlock(&t->lock);
 }
 
 static int kafka_status(rd_kafka_resp_err_t err)
@@ -50,7 +86,7 @@ static int kafka_status(rd_kafka_resp_err_t err)
     }
 }
 
-static int open_consumer(const char *bootstrap, azc_log *lg, rd_kafka_t **out, azc_err *e)
+static int open_consumer(const azc_kafka_conn *kafka, tail_ctx *t, rd_kafka_t **out, azc_err *e)
 {
     static const char *const settings[][2] = {
         /* Needed by the consumer API; nothing is ever committed. */
@@ -69,10 +105,9 @@ static int open_consumer(const char *bootstrap, azc_log *lg, rd_kafka_t **out, a
 
     if (conf == NULL)
         return azc_err_set(e, AZC_ENOMEM, "out of memory");
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof err) !=
-        RD_KAFKA_CONF_OK) {
+    if (azc_kafka_conn_apply(kafka, conf, e) != AZC_OK) {
         rd_kafka_conf_destroy(conf);
-        return azc_err_set(e, AZC_EINVAL, "kafka bootstrap: %s", err);
+        return AZC_EINVAL;
     }
     for (i = 0; i < sizeof settings / sizeof settings[0]; i++) {
         if (rd_kafka_conf_set(conf, settings[i][0], settings[i][1], err, sizeof err) !=
@@ -82,7 +117,7 @@ static int open_consumer(const char *bootstrap, azc_log *lg, rd_kafka_t **out, a
         }
     }
     rd_kafka_conf_set_log_cb(conf, on_log);
-    rd_kafka_conf_set_opaque(conf, lg);
+    rd_kafka_conf_set_opaque(conf, t);
     rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     if (rk == NULL) {
         rd_kafka_conf_destroy(conf);
@@ -123,22 +158,30 @@ static void parse_tail(const void *buf, size_t len, id_tail *t)
     azc_event_clear(&ev);
 }
 
-int id_tail_read(const char *bootstrap, const char *topic, int timeout_ms, azc_log *lg,
+int id_tail_read(const azc_kafka_conn *kafka, const char *topic, int timeout_ms, azc_log *lg,
                  id_tail *out, azc_err *e)
 {
     rd_kafka_topic_partition_list_t *parts = NULL;
     rd_kafka_resp_err_t err;
     int64_t lo = 0, hi = 0, deadline = mono_ms() + timeout_ms;
+    const char *bootstrap = azc_kafka_conn_bootstrap(kafka);
     rd_kafka_t *rk = NULL;
+    tail_ctx t = { .lg = lg };
+    char why[160];
     int rc;
 
     memset(out, 0, sizeof *out);
-    if ((rc = open_consumer(bootstrap, lg, &rk, e)) != AZC_OK)
+    if (pthread_mutex_init(&t.lock, NULL) != 0)
+        return azc_err_set(e, AZC_ERROR, "tail: cannot create a mutex");
+    if ((rc = open_consumer(kafka, &t, &rk, e)) != AZC_OK) {
+        pthread_mutex_destroy(&t.lock);
         return rc;
+    }
     err = rd_kafka_query_watermark_offsets(rk, topic, 0, &lo, &hi, timeout_ms);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rc = azc_err_set(e, kafka_status(err), "cannot read the end of topic %s at %s: %s", topic,
-                         bootstrap, rd_kafka_err2str(err));
+        why_suffix(&t, why, sizeof why);
+        rc = azc_err_set(e, kafka_status(err), "cannot read the end of topic %s at %s: %s%s",
+                         topic, bootstrap, rd_kafka_err2str(err), why);
         goto out;
     }
     if (hi <= lo) {
@@ -160,8 +203,9 @@ int id_tail_read(const char *bootstrap, const char *topic, int timeout_ms, azc_l
         rd_kafka_message_t *m;
 
         if (left <= 0) {
+            why_suffix(&t, why, sizeof why);
             rc = azc_err_set(e, AZC_EUNAVAIL, "cannot read the last message of topic %s at %s"
-                             " (offset %" PRId64 ") in time", topic, bootstrap, hi - 1);
+                             " (offset %" PRId64 ") in time%s", topic, bootstrap, hi - 1, why);
             break;
         }
         m = rd_kafka_consumer_poll(rk, (int)left);
@@ -189,6 +233,7 @@ out:
     if (rd_kafka_consumer_close(rk) != RD_KAFKA_RESP_ERR_NO_ERROR && lg != NULL)
         azc_logf(lg, AZC_LOG_DEBUG, "tail: kafka consumer close failed");
     rd_kafka_destroy(rk);
+    pthread_mutex_destroy(&t.lock);
     return rc;
 }
 

@@ -20,6 +20,7 @@
 
 #include "common/err.h"
 #include "common/event.h"
+#include "common/kafka.h"
 #include "common/log.h"
 
 typedef struct id_tail {
@@ -46,9 +47,9 @@ typedef struct id_origin {
  * does not decode sets out->undecodable (not an error: the check below
  * calls that diverged). AZC_EUNAVAIL when Kafka does not answer in time,
  * AZC_ENOTFOUND when the topic does not exist, AZC_EINVAL for a bad
- * bootstrap list. `lg` receives librdkafka's own log lines (may be NULL).
+ * bootstrap list or security setting. `lg` receives librdkafka's own log lines (may be NULL).
  */
-int id_tail_read(const char *bootstrap, const char *topic, int timeout_ms, azc_log *lg,
+int id_tail_read(const azc_kafka_conn *kafka, const char *topic, int timeout_ms, azc_log *lg,
                  id_tail *out, azc_err *e) AZC_WARN_UNUSED;
 
 /* Reads identity.outbox_state into *o (no lock taken). */
