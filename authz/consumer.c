@@ -54,7 +54,8 @@ static const char SQL_STORE_WATERMARK[] =
     "   applied_hlc = greatest(w.applied_hlc, EXCLUDED.applied_hlc),"
     "   known_hlc = greatest(w.known_hlc, EXCLUDED.known_hlc), epoch = EXCLUDED.epoch,"
     "   updated_at = now()";
-static const char SQL_NOTIFY_WATERMARKS[] = "SELECT pg_notify('authz_watermarks', '')";
+/* No explicit NOTIFY: the row's trigger (sql/authz/006) announces it at
+ * COMMIT with its values, for the feed workers to pass on from memory. */
 /* Bounded: one batch never deletes more than $3 ids. */
 static const char SQL_APPLIED_IDS_PRUNE[] =
     "DELETE FROM authz.applied_events WHERE origin = $1 AND seq IN"
@@ -292,8 +293,7 @@ static int store_state(az_consumer *c, const cstate *before, uint64_t applied, a
         snprintf(ah, sizeof ah, "%" PRIu64, c->st.applied_hlc);
         snprintf(kh, sizeof kh, "%" PRIu64, c->st.known_hlc);
         snprintf(ep, sizeof ep, "%" PRIu64, c->st.epoch);
-        if ((rc = azc_pg_query(c->pg, SQL_STORE_WATERMARK, 5, pw, NULL, e)) != AZC_OK ||
-            (rc = azc_pg_query(c->pg, SQL_NOTIFY_WATERMARKS, 0, NULL, NULL, e)) != AZC_OK)
+        if ((rc = azc_pg_query(c->pg, SQL_STORE_WATERMARK, 5, pw, NULL, e)) != AZC_OK)
             return rc;
     }
     if (applied > 0)

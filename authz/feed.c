@@ -27,6 +27,16 @@
  * waiting (and a waiter at its deadline be answered) from memory: a woken
  * waiter that asks again at once costs no query.
  *
+ * Watermarks from memory. Each raised watermark row announces itself at
+ * COMMIT with its values and the feed's last seq as its transaction saw
+ * it (sql/authz/006). When no change has been announced since the
+ * worker's last read and that read reached the announced seq, the new
+ * values hold for every follower at the head of that read: the worker
+ * merges them into what it last read and answers those followers from
+ * memory, with no query. Heartbeats (five a second per origin) thus cost
+ * the store nothing per worker. A notification without a payload, or a
+ * follower behind the head, still takes a read.
+ *
  * Streams (stream=1). A follower that wants every advance keeps one
  * chunked answer open instead of asking again after each: one JSON line
  * per message, each the body a long poll would have got, the stream's
@@ -54,6 +64,8 @@
 
 static const char SQL_LISTEN[] = "LISTEN authz_changes; LISTEN authz_watermarks";
 static const char CHANNEL_WATERMARKS[] = "authz_watermarks";
+/* A timer at this delay runs at the next turn of the loop, after polling. */
+static const struct timeval NOW = { 0, 0 };
 
 #define DEFAULT_LIMIT 1000
 #define MAX_LIMIT 10000
@@ -326,6 +338,176 @@ static void wake(az_feed *f, int changes)
     az__feed_count_waiters(f);
 }
 
+/*
+ * Watermark-only wake-up answered from memory: `upd` (origin -> {applied,
+ * known}) raises f->last's watermarks, which still cover every change
+ * announced (the caller checked). The followers that want watermarks and
+ * are at the head of f->last get them now; any behind it (a limit cut
+ * them short, a slow reader caught up later) are served by one read.
+ */
+static void wake_from_memory(az_feed *f, json_t *upd)
+{
+    json_t *wm = json_deep_copy(f->last.wm), *v;
+    const char *origin;
+    size_t n = 0, m = 0;
+    int raised = 0;
+    char *text;
+    waiter *wt;
+    stream *st;
+
+    if (wm == NULL)
+        goto read;
+    json_object_foreach(upd, origin, v) {
+        json_t *cur = json_object_get(wm, origin);
+        json_int_t a = json_integer_value(json_object_get(v, "applied"));
+        json_int_t k = json_integer_value(json_object_get(v, "known"));
+        json_int_t ca = cur != NULL ? json_integer_value(json_object_get(cur, "applied")) : -1;
+        json_int_t ck = cur != NULL ? json_integer_value(json_object_get(cur, "known")) : -1;
+
+        if (a <= ca && k <= ck)
+            continue;
+        /* Watermarks only rise: a late notification of an older value
+         * never lowers what a newer read showed. */
+        if (json_object_set_new(wm, origin, json_pack("{s:I, s:I}", "applied", a > ca ? a : ca,
+                                                      "known", k > ck ? k : ck)) != 0)
+            goto read;
+        raised = 1;
+    }
+    if (!raised) {
+        json_decref(wm);
+        return;
+    }
+    if ((text = json_dumps(wm, JSON_COMPACT | JSON_SORT_KEYS)) == NULL)
+        goto read;
+    json_decref(f->last.wm);
+    free(f->last.wm_text);
+    f->last.wm = wm;
+    f->last.wm_text = text;
+    az__feed_metric_inc(f, f->m_wakeups, "watermarks");
+    /* Waiters and streams get theirs a slice per loop turn, in the
+     * background (on_wm_due, the catch-up: from memory too, at the head),
+     * so that a heartbeat's thousands of answers never hold up the loop's
+     * checks. */
+    for (wt = f->head; wt != NULL; wt = wt->next) {
+        if (wt->want_watermarks) {
+            wt->wm_due = 1;
+            n++;
+        }
+    }
+    for (st = f->streams; st != NULL; st = st->next) {
+        if (st->want_watermarks) {
+            st->pending = 1;
+            m++;
+        }
+    }
+    if (n > 0 && evtimer_add(f->wm_due, &NOW) != 0)
+        azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: cannot schedule the watermark answers");
+    if (m > 0)
+        az__feed_catch_up_soon(f);
+    return;
+read:
+    json_decref(wm);
+    wake(f, 0);
+}
+
+/*
+ * The waiters a watermark raise is due to, WM_SLICE of them per loop turn
+ * (the rest at the next): those at the head of a current last read from
+ * memory, the others by one read. Waiters answered meanwhile by a commit's
+ * wake-up are gone from the list, and one that is no longer due (an equal
+ * text) keeps waiting.
+ */
+#define WM_SLICE 64
+
+static void on_wm_due(evutil_socket_t fd, short what, void *arg)
+{
+    az_feed *f = arg;
+    size_t n = 0, hn = 0, i;
+    waiter *wt;
+
+    (void)fd;
+    (void)what;
+    if (az__feed_grow_scratch(f, WM_SLICE, 0) != 0) {
+        /* They are answered at their deadlines, or by the next wake-up. */
+        azc_logf(f->w->sh->log, AZC_LOG_ERROR, "feed: out of memory answering waiters");
+        return;
+    }
+    for (wt = f->head; wt != NULL; wt = wt->next) {
+        if (!wt->wm_due)
+            continue;
+        if (n == WM_SLICE) {
+            if (evtimer_add(f->wm_due, &NOW) != 0)
+                azc_logf(f->w->sh->log, AZC_LOG_WARN,
+                         "feed: cannot schedule the watermark answers");
+            break;
+        }
+        wt->wm_due = 0;
+        f->sorted[n++] = wt;
+    }
+    /* Heads first, then those behind, for one read. */
+    for (i = 0; i < n && f->fresh; i++) {
+        if (f->sorted[i]->after == f->last.last_seq) {
+            waiter *t = f->sorted[hn];
+
+            f->sorted[hn++] = f->sorted[i];
+            f->sorted[i] = t;
+        }
+    }
+    /* At the head nothing can be cut short: every one is answered. */
+    (void)answer_from(f, &f->last, f->sorted, hn);
+    if (n > hn) {
+        memmove(f->sorted, f->sorted + hn, (n - hn) * sizeof *f->sorted);
+        qsort(f->sorted, n - hn, sizeof *f->sorted, by_cursor);
+        az__feed_serve(f, n - hn, 0, "wakeup");
+    }
+    az__feed_count_waiters(f);
+}
+
+/* The higher of a and b. */
+static json_int_t max_ji(json_int_t a, json_int_t b)
+{
+    return a > b ? a : b;
+}
+
+/*
+ * Adds a watermark notification's payload ({"seq", "origin", "applied",
+ * "known"}, sql/authz/006) to upd (origin -> the highest values) and
+ * raises *seq to its seq. 0 when there is no usable payload: the
+ * watermarks must then be read.
+ */
+static int note_watermark(json_t *upd, const char *payload, long long *seq)
+{
+    json_t *j = payload[0] != '\0' ? json_loads(payload, 0, NULL) : NULL, *s, *o, *a, *k, *cur;
+    json_int_t ca = 0, ck = 0;
+    int ok = 0;
+
+    if (j == NULL)
+        return 0;
+    s = json_object_get(j, "seq");
+    o = json_object_get(j, "origin");
+    a = json_object_get(j, "applied");
+    k = json_object_get(j, "known");
+    if (!json_is_integer(s) || !json_is_string(o) || !json_is_integer(a) ||
+        !json_is_integer(k) || json_integer_value(s) < 0 || json_integer_value(a) < 0 ||
+        json_integer_value(k) < 0 || json_string_length(o) == 0 ||
+        json_string_length(o) > AZC_REGION_MAX)
+        goto out;
+    if ((cur = json_object_get(upd, json_string_value(o))) != NULL) {
+        ca = json_integer_value(json_object_get(cur, "applied"));
+        ck = json_integer_value(json_object_get(cur, "known"));
+    }
+    if (json_object_set_new(upd, json_string_value(o),
+                            json_pack("{s:I, s:I}", "applied", max_ji(ca, json_integer_value(a)),
+                                      "known", max_ji(ck, json_integer_value(k)))) != 0)
+        goto out;
+    if (json_integer_value(s) > *seq)
+        *seq = json_integer_value(s);
+    ok = 1;
+out:
+    json_decref(j);
+    return ok;
+}
+
 /* Something committed, or the LISTEN connection was lost or came back
  * (notifications may be lost meanwhile): every waiter looks again. */
 static void wake_all(az_feed *f)
@@ -364,6 +546,11 @@ static void start_waiting(az_feed *f, azc_http_req *r, long long after, int limi
         answer_now(f, r, after, limit);
         return;
     }
+    /* A follower's connection: its answers and its next polls wait for
+     * the checks of the same loop turn. */
+    if (azc_http_req_background(r) != AZC_OK)
+        azc_log_reqf(f->w->sh->log, AZC_LOG_WARN, azc_http_req_id(r),
+                     "feed: cannot lower a waiter's priority");
     wt->next = f->head;
     if (f->head != NULL)
         f->head->prev = wt;
@@ -459,11 +646,14 @@ static void on_listen_readable(evutil_socket_t fd, short what, void *arg)
 {
     az_feed *f = arg;
     PGnotify *n;
-    int any = 0, changes = 0;
+    int any = 0, changes = 0, from_memory = 1;
+    long long seq = -1;
+    json_t *upd = json_object();
 
     (void)fd;
     (void)what;
     if (!PQconsumeInput(f->listen)) {
+        json_decref(upd);
         listen_lost(f, PQerrorMessage(f->listen));
         wake_all(f);
         return;
@@ -473,10 +663,17 @@ static void on_listen_readable(evutil_socket_t fd, short what, void *arg)
         /* Anything but a watermark notification may mean new rows. */
         if (strcmp(n->relname, CHANNEL_WATERMARKS) != 0)
             changes = 1;
+        else if (from_memory && (upd == NULL || !note_watermark(upd, n->extra, &seq)))
+            from_memory = 0;
         PQfreemem(n);
     }
-    if (any)
+    /* From memory only while the last read covers every announced change
+     * and reached every seq the new watermarks hold for. */
+    if (any && !changes && from_memory && f->fresh && seq <= f->last.last_seq)
+        wake_from_memory(f, upd);
+    else if (any)
         wake(f, changes);
+    json_decref(upd);
 }
 
 /* Each connection the link makes LISTENs and is watched here; going down,
@@ -539,8 +736,11 @@ az_feed *az_feed_new(az_worker *w, azc_err *e)
                                      (const char *const[]){ "worker", NULL });
     f->out = evbuffer_new();
     f->catch_up = event_new(w->base, -1, 0, az__feed_on_catch_up, f);
+    f->wm_due = event_new(w->base, -1, 0, on_wm_due, f);
     if (f->m_reads == NULL || f->m_wakeups == NULL || f->m_waiters == NULL ||
-        f->m_streams == NULL || f->out == NULL || f->catch_up == NULL) {
+        f->m_streams == NULL || f->out == NULL || f->catch_up == NULL || f->wm_due == NULL ||
+        event_priority_set(f->catch_up, AZC_LOOP_PRIO_BACKGROUND) != 0 ||
+        event_priority_set(f->wm_due, AZC_LOOP_PRIO_BACKGROUND) != 0) {
         azc_err_set(e, AZC_ERROR, "cannot set up the change feed's metrics and buffers");
         az_feed_free(f);
         return NULL;
@@ -573,6 +773,8 @@ void az_feed_free(az_feed *f)
         az__feed_stream_free(f->streams);
     if (f->catch_up != NULL)
         event_free(f->catch_up);
+    if (f->wm_due != NULL)
+        event_free(f->wm_due);
     if (f->listen_ev != NULL)
         event_free(f->listen_ev);
     azc_pg_link_free(f->link);

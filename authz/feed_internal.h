@@ -30,6 +30,7 @@ typedef struct waiter {
     int limit;
     int want_watermarks;
     char *watermarks_seen;     /* the text when it started waiting */
+    int wm_due;                /* new watermarks to answer with, at a slice (feed.c) */
     struct waiter *prev, *next;
 } waiter;
 
@@ -56,7 +57,7 @@ typedef struct feed_read {
     long long *seq;            /* seq of each row */
     size_t n;
     int cut;                   /* the read's limit stopped it before last_seq */
-    char *wm_text;             /* watermarks as PostgreSQL wrote them */
+    char *wm_text;             /* the watermarks as compact JSON, keys sorted */
     json_t *wm;
 } feed_read;
 
@@ -78,6 +79,7 @@ struct az_feed {
     stream **ssorted;          /* wake-up scratch for streams, capacity scap */
     size_t scap;
     struct event *catch_up;    /* serves the streams that drained with something due */
+    struct event *wm_due;      /* answers the waiters with wm_due set, a slice a turn */
     struct timeval keepalive;  /* the interval, and the common-timeout form of it */
     const struct timeval *keepalive_tv;
     struct evbuffer *out;      /* reply scratch */
@@ -143,6 +145,8 @@ size_t az__feed_stream_answer_from(az_feed *f, const feed_read *rd, stream **lis
 int az__feed_by_stream_cursor(const void *a, const void *b);
 /* The catch-up event's callback (arg: the feed). */
 void az__feed_on_catch_up(evutil_socket_t fd, short what, void *arg);
+/* Runs the catch-up at the next turn of the loop. */
+void az__feed_catch_up_soon(az_feed *f);
 /* Answers r as a stream (see feed.c). */
 void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm);
 

@@ -62,16 +62,17 @@ int az__feed_read_feed(az_feed *f, long long after, int limit, const char *why, 
     rd->last_seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     rd->pruned = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     rd->rows = json_loads(PQgetvalue(res, 0, 2), 0, NULL);
-    rd->wm_text = strdup(PQgetvalue(res, 0, 3));
     rd->wm = json_loads(PQgetvalue(res, 0, 3), 0, NULL);
     PQclear(res);
-    if (rd->wm_text == NULL) {
-        az__feed_read_clear(rd);
-        return azc_err_set(e, AZC_ENOMEM, "out of memory");
-    }
     if (!json_is_array(rd->rows) || !json_is_object(rd->wm)) {
         az__feed_read_clear(rd);
         return azc_err_set(e, MALFORMED, "the policy store returned malformed JSON");
+    }
+    /* Written by jansson, as the watermarks merged from notifications
+     * are (feed.c), so that equal watermarks compare equal as text. */
+    if ((rd->wm_text = json_dumps(rd->wm, JSON_COMPACT | JSON_SORT_KEYS)) == NULL) {
+        az__feed_read_clear(rd);
+        return azc_err_set(e, AZC_ENOMEM, "out of memory");
     }
     rd->n = json_array_size(rd->rows);
     if (rd->n > 0 && (rd->seq = malloc(rd->n * sizeof *rd->seq)) == NULL) {

@@ -172,9 +172,24 @@ size_t az__feed_stream_answer_from(az_feed *f, const feed_read *rd, stream **lis
     return keep;
 }
 
-/* Streams whose line is out and that have something due: those at the
- * head of a current last read are answered from it, the others by one
- * read shared by all. */
+/* Streams served per turn of the loop by a catch-up: a heartbeat's lines
+ * to thousands of streams go out a slice at a time, with the loop's other
+ * events (checks) run between slices rather than behind all of them. */
+#define CATCH_UP_SLICE 64
+
+void az__feed_catch_up_soon(az_feed *f)
+{
+    static const struct timeval now = { 0, 0 };
+
+    /* A timer, not event_active: it runs after the loop has polled again,
+     * so whatever became ready meanwhile goes first. */
+    if (evtimer_add(f->catch_up, &now) != 0)
+        azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: cannot schedule a stream catch-up");
+}
+
+/* Streams whose line is out and that have something due, CATCH_UP_SLICE
+ * of them (the rest at the next turn): those at the head of a current
+ * last read are answered from it, the others by one read shared by all. */
 void az__feed_on_catch_up(evutil_socket_t fd, short what, void *arg)
 {
     az_feed *f = arg;
@@ -188,9 +203,15 @@ void az__feed_on_catch_up(evutil_socket_t fd, short what, void *arg)
         azc_logf(f->w->sh->log, AZC_LOG_ERROR, "feed: out of memory serving streams");
         return;
     }
-    for (st = f->streams; st != NULL; st = st->next)
-        if (st->pending && !st->busy)
+    for (st = f->streams; st != NULL; st = st->next) {
+        if (st->pending && !st->busy) {
+            if (m == CATCH_UP_SLICE) {
+                az__feed_catch_up_soon(f);
+                break;
+            }
             f->ssorted[m++] = st;
+        }
+    }
     if (f->fresh) {
         for (i = 0; i < m; i++) {
             st = f->ssorted[i];
@@ -213,10 +234,10 @@ static void on_stream_drain(azc_http_req *r, void *arg)
 
     (void)r;
     st->busy = 0;
-    /* Activated once however many streams drain in this loop turn, and
+    /* Scheduled once however many streams drain in this loop turn, and
      * run after them: they share one read. */
     if (st->pending)
-        event_active(st->f->catch_up, EV_TIMEOUT, 0);
+        az__feed_catch_up_soon(st->f);
 }
 
 /* Nothing was queued for a keep-alive interval: an empty line. Not while
@@ -301,6 +322,11 @@ void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int lim
         goto out;
     }
     st->r = r;
+    /* Its heartbeat lines wait for the checks of the same loop turn. */
+    if (azc_http_req_background(r) != AZC_OK ||
+        event_priority_set(st->keepalive, AZC_LOOP_PRIO_BACKGROUND) != 0)
+        azc_log_reqf(f->w->sh->log, AZC_LOG_WARN, azc_http_req_id(r),
+                     "feed: cannot lower a stream's priority");
     st->next = f->streams;
     if (f->streams != NULL)
         f->streams->prev = st;

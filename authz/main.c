@@ -206,7 +206,8 @@ static int worker_init(app *a, az_worker *w, int index, azc_err *e)
     w->sh = &a->sh;
     w->index = index;
     w->base = event_base_new();
-    if (w->base == NULL)
+    /* Priorities before any event: feed streams run in the background. */
+    if (w->base == NULL || event_base_priority_init(w->base, AZC_LOOP_PRIORITIES) != 0)
         return azc_err_set(e, AZC_ERROR, "cannot create an event loop");
     link_opts.application_name = "authz-server";
     link_opts.statement_timeout_ms = AZ_STATEMENT_TIMEOUT_MS;

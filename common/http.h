@@ -282,6 +282,21 @@ void *azc_http_req_ctx(const azc_http_req *r);
  * result may be ignored. A Content-Type added here replaces the default. */
 int azc_http_req_add_header(azc_http_req *r, const char *name, const char *value);
 
+/*
+ * Loop priorities. A loop made with AZC_LOOP_PRIORITIES priorities
+ * (event_base_priority_init) runs its events at AZC_LOOP_PRIO_DEFAULT
+ * unless told otherwise; azc_http_req_background puts r's connection at
+ * AZC_LOOP_PRIO_BACKGROUND, so that in each loop turn its reads and writes
+ * run only after every ready event of higher priority. For long-lived
+ * answers with many small writes (change-feed streams: thousands of them
+ * get a line at each heartbeat), so that they do not delay the other
+ * requests of the loop. AZC_ERROR when the loop has fewer priorities.
+ */
+#define AZC_LOOP_PRIORITIES 3
+#define AZC_LOOP_PRIO_DEFAULT 1
+#define AZC_LOOP_PRIO_BACKGROUND 2
+int azc_http_req_background(azc_http_req *r) AZC_WARN_UNUSED;
+
 /* ---- replies ----------------------------------------------------------
  * Exactly one per request. A second one is a bug: it is logged (error) and
  * ignored. After the reply of a deferred request, r is freed. A status

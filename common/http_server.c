@@ -299,6 +299,15 @@ const char *azc_http_req_target(const azc_http_req *r)
     return evhttp_request_get_uri(r->ev);
 }
 
+int azc_http_req_background(azc_http_req *r)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
+
+    if (bev == NULL || bufferevent_priority_set(bev, AZC_LOOP_PRIO_BACKGROUND) != 0)
+        return AZC_ERROR;
+    return AZC_OK;
+}
+
 int azc_http_req_add_header(azc_http_req *r, const char *name, const char *value)
 {
     if (r->replied || r->closing) {

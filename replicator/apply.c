@@ -83,9 +83,10 @@ static const char SQL_ADOPT_WATERMARK[] =
     "   updated_at = CASE WHEN EXCLUDED.known_hlc > t.known_hlc THEN now() ELSE t.updated_at END,"
     "   source = EXCLUDED.source"
     " WHERE EXCLUDED.applied_hlc > t.applied_hlc OR EXCLUDED.known_hlc > t.known_hlc";
-/* The local feed's waiters with watermarks=1 answer when this fires, so a
- * raised watermark travels on to the other regions. */
-static const char SQL_NOTIFY_WATERMARKS[] = "SELECT pg_notify('authz_watermarks', '')";
+/* No explicit NOTIFY: a raised row announces itself at COMMIT with its
+ * values (sql/authz/006), and the local feed's followers with
+ * watermarks=1 get them from memory, so the raise travels on to the other
+ * regions without a feed read per worker. */
 static const char SQL_SAVEPOINT[] = "SAVEPOINT rp_row";
 static const char SQL_RELEASE[] = "RELEASE SAVEPOINT rp_row";
 static const char SQL_ROLLBACK_TO[] = "ROLLBACK TO SAVEPOINT rp_row";
@@ -371,8 +372,6 @@ static int adopt_watermarks(PGconn *c, const rp_apply_ctx *ctx, json_t *wm,
             res->watermarks_raised = 1;
         PQclear(r);
     }
-    if (res->watermarks_raised)
-        return azc_pg_query(c, SQL_NOTIFY_WATERMARKS, 0, NULL, NULL, e);
     return AZC_OK;
 }
 

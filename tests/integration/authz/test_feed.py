@@ -519,6 +519,66 @@ def test_stream_watermarks(quiet):
     close_streams(quiet, wm, plain)
 
 
+def raise_watermark(server, origin, applied, known, also=""):
+    """Raises origin's watermarks the way the consumer and the replicator
+    do: an upsert whose row trigger (sql/authz/006) sends the notification
+    with its values; `also` runs in the same transaction first."""
+    server.sql(f"{also} INSERT INTO authz.watermarks (origin, applied_hlc, known_hlc)"
+               f" VALUES ('{origin}', {applied}, {known}) ON CONFLICT (origin) DO UPDATE"
+               f" SET applied_hlc = {applied}, known_hlc = {known}")
+
+
+def test_watermarks_from_memory(quiet):
+    """Heartbeat-like raises reach waiters and streams with no feed read;
+    a notification that could claim more than the worker has read, or has
+    no usable payload, takes a read; a row and a raise committed together
+    arrive together."""
+    cur = head(quiet)
+    st = Stream(quiet, after=cur, watermarks=1)
+    st.message()
+    poll = Poll(quiet, after=cur, wait=30000, watermarks=1)
+    wait_until(lambda: streams(quiet) == 1, 30, "1 stream")
+    waiters(quiet, 1)
+    reads = metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"})
+    raise_watermark(quiet, "zm", 21, 23)
+    status, _, body = poll.result()
+    assert status == 200, body
+    assert body["changes"] == [] and body["cursor"] == str(cur)
+    assert body["watermarks"]["zm"] == {"applied": 21, "known": 23}, body
+    assert st.message()["watermarks"]["zm"] == {"applied": 21, "known": 23}
+    for applied, known in ((22, 24), (25, 26)):
+        raise_watermark(quiet, "zm", applied, known)
+        m = st.message()
+        assert m["changes"] == [] and m["cursor"] == str(cur), m
+        assert m["watermarks"]["zm"] == {"applied": applied, "known": known}, m
+    assert metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"}) == reads, \
+        "a watermark raise made a worker read the feed"
+
+    # A seq beyond the worker's last read: the values are not trusted but
+    # read (and the store still says 25/26, so nothing new is sent).
+    forged = json.dumps({"seq": head(quiet) + 100, "origin": "zm", "applied": 90, "known": 91})
+    quiet.sql(f"SELECT pg_notify('authz_watermarks', '{forged}')")
+    wait_until(lambda: metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"}) == reads + 1,
+               30, "a read for the notification beyond the head")
+    for bad in ("garbage", '{"seq": 1}', ""):
+        quiet.sql(f"SELECT pg_notify('authz_watermarks', '{bad}')")
+    wait_until(lambda: metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"}) >= reads + 2,
+               30, "a read for the payloads that do not parse")
+
+    # A row and a raise in one transaction: one message with both.
+    raise_watermark(quiet, "zm", 40, 41, also="INSERT INTO authz.users (user_id, subject, hlc,"
+                    " origin, origin_seq) VALUES (gen_random_uuid(), 'wm-row', 1, 'zz', 1);")
+    m = st.message()
+    assert [c["row"]["subject"] for c in m["changes"]] == ["wm-row"], m
+    assert m["watermarks"]["zm"] == {"applied": 40, "known": 41}, m
+    # And from memory again from that read on.
+    reads = metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"})
+    raise_watermark(quiet, "zm", 42, 43)
+    assert st.message()["watermarks"]["zm"] == {"applied": 42, "known": 43}
+    assert metric(quiet, "authz_feed_reads_total", **{"for": "wakeup"}) == reads
+    close_streams(quiet, st)
+
+
 def test_stream_limit_cuts_messages(quiet):
     cur = head(quiet)
     s = Stream(quiet, after=cur, limit=1)
