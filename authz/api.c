@@ -245,7 +245,7 @@ void az_check_handler(azc_http_req *r, void *arg)
     p[5] = awild;
     p[6] = q.has_rev ? q.rev.origin : NULL;
     p[7] = w->sh->set.expect_regions ? w->sh->set.regions_array : own;
-    if (azc_pg_query(w->pg, SQL_CHECK, 8, p, &res, &e) != AZC_OK) {
+    if (azc_pg_query_prepared(w->pg, "authz_check", SQL_CHECK, 8, p, &res, &e) != AZC_OK) {
         az_reply_db_error(w, r, &e);
         return;
     }

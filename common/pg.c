@@ -147,6 +147,32 @@ int azc_pg_query(PGconn *c, const char *sql, int nparams, const char *const *par
     return result_status(c, PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0), res, e);
 }
 
+int azc_pg_query_prepared(PGconn *c, const char *name, const char *sql, int nparams,
+                          const char *const *params, PGresult **res, azc_err *e)
+{
+    PGresult *r;
+    int rc;
+
+    if (res != NULL)
+        *res = NULL;
+    if (c == NULL)
+        return azc_err_set(e, AZC_EUNAVAIL, "postgres: not connected");
+    if (PQtransactionStatus(c) != PQTRANS_IDLE)
+        return azc_err_set(e, AZC_EINVAL, "postgres: prepared statement %s inside a transaction",
+                           name);
+    r = PQexecPrepared(c, name, nparams, params, NULL, NULL, 0);
+    /* 26000: not prepared on this connection (its first use, or a new
+     * connection): prepare it and run it again. */
+    if (r != NULL && PQresultStatus(r) == PGRES_FATAL_ERROR &&
+        strcmp(azc_pg_sqlstate(r), "26000") == 0) {
+        PQclear(r);
+        if ((rc = result_status(c, PQprepare(c, name, sql, nparams, NULL), NULL, e)) != AZC_OK)
+            return rc;
+        r = PQexecPrepared(c, name, nparams, params, NULL, NULL, 0);
+    }
+    return result_status(c, r, res, e);
+}
+
 int azc_pg_exec_script(PGconn *c, const char *script, azc_err *e)
 {
     if (c == NULL)

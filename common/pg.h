@@ -37,6 +37,18 @@ int azc_pg_connect(const char *conninfo, const char *application_name, int timeo
 int azc_pg_query(PGconn *c, const char *sql, int nparams, const char *const *params,
                  PGresult **res, azc_err *e) AZC_WARN_UNUSED;
 
+/*
+ * azc_pg_query for a hot statement, as the named prepared statement
+ * `name` of c: parsed and planned once per connection instead of at every
+ * call (the check's planning costs several times its execution). The
+ * first call on a connection, and the first after a reconnect (a new
+ * connection knows no statement), prepares it. Only outside a transaction
+ * block (AZC_EINVAL otherwise): there the failed first EXECUTE would abort
+ * the transaction. One name, one sql text, for the life of the process.
+ */
+int azc_pg_query_prepared(PGconn *c, const char *name, const char *sql, int nparams,
+                          const char *const *params, PGresult **res, azc_err *e) AZC_WARN_UNUSED;
+
 /* Runs a trusted multi-statement script (a migration file; never text
  * built from input) with PQexec. Same error mapping as azc_pg_query. */
 int azc_pg_exec_script(PGconn *c, const char *script, azc_err *e) AZC_WARN_UNUSED;
