@@ -11,8 +11,13 @@
  * and the last reference frees the old set. So no reader ever sees a
  * half-loaded set and none waits behind a file read or a key parse.
  *
- * Cache: one direct-mapped table per thread (pthread_key_t owned by the
- * handle), allocated on a thread's first verification and freed by the
+ * Cache: one table per thread (pthread_key_t owned by the handle), of sets
+ * of AF_TOKEN_CACHE_WAYS slots: a set's hashes sit together in one cache
+ * line, so a lookup reads one line and then the one slot whose hash
+ * matches. A full set replaces by CLOCK (second chance): a hit marks its
+ * way, the hand skips and clears marked ways, so a token in use survives a
+ * stream of one-off tokens landing in its set. Allocated on a thread's
+ * first verification and freed by the
  * key's destructor when the thread exits, or by af_tokens_free for the
  * calling thread. Limitation: af_tokens_free deletes the key, so threads
  * still alive then never run the destructor and their caches leak; free
@@ -51,7 +56,6 @@ struct file_stamp {
 };
 
 struct slot {
-    uint64_t hash;
     uint64_t generation;       /* key set that verified it; 0: empty */
     double exp_at, nbf_at;     /* nbf_at: -1e18 when absent */
     long long exp;
@@ -60,9 +64,22 @@ struct slot {
     char token[SLOT_TOKEN_MAX];
 };
 
+/* A set's lookup data, one cache line: the ways' hashes (0: empty; a
+ * hash of 0 is stored as 1), then CLOCK's marks and hand. */
+struct set_tags {
+    uint64_t hash[AF_TOKEN_CACHE_WAYS];
+};
+
+struct set_clock {
+    uint8_t used;              /* bit w: way w was hit since the hand passed */
+    uint8_t hand;
+};
+
 struct thread_cache {
-    size_t mask;
-    struct slot *slots;
+    size_t mask;               /* sets - 1 */
+    struct set_tags *tags;     /* [sets], cache-line aligned */
+    struct set_clock *clock;   /* [sets] */
+    struct slot *slots;        /* [sets * AF_TOKEN_CACHE_WAYS] */
 };
 
 struct af_tokens {
@@ -97,6 +114,8 @@ static void cache_destroy(void *p)
 
     if (c == NULL)
         return;
+    free(c->tags);
+    free(c->clock);
     free(c->slots);
     free(c);
 }
@@ -188,12 +207,14 @@ int af_tokens_new(const af_token_config *cfg, af_tokens **out, azc_err *e)
     if (cfg->jwks_algs != NULL && !json_is_object(cfg->jwks_algs))
         return azc_err_set(e, AZC_EINVAL, "token: jwks_algs must be an object {kid: alg}");
     want = cfg->cache_entries != 0 ? cfg->cache_entries : DEFAULT_ENTRIES;
+    if (want < AF_TOKEN_CACHE_WAYS)
+        want = AF_TOKEN_CACHE_WAYS;
     if (want > MAX_ENTRIES)
         return azc_err_set(e, AZC_EINVAL, "token: cache_entries over %u", MAX_ENTRIES);
     t = calloc(1, sizeof *t);
     if (t == NULL)
         return azc_err_set(e, AZC_ENOMEM, "out of memory");
-    /* Power of two so the slot is a mask, not a division. */
+    /* Power of two so the set is a mask, not a division. */
     for (t->entries = 1; t->entries < want; t->entries <<= 1)
         ;
     t->leeway = cfg->leeway_secs != 0 ? cfg->leeway_secs : DEFAULT_LEEWAY;
@@ -213,9 +234,10 @@ int af_tokens_new(const af_token_config *cfg, af_tokens **out, azc_err *e)
         free(t);
         return azc_err_set(e, AZC_ERROR, "token: pthread_key_create failed");
     }
-    /* A secret seed: an attacker who cannot predict slots cannot aim
-     * tokens at one slot to keep evicting a victim's entry. */
-    if (RAND_bytes((unsigned char *)&t->seed, sizeof t->seed) != 1) {
+    /* A secret seed: an attacker who cannot predict sets cannot aim
+     * tokens at one set to keep evicting a victim's entry. */
+    t->seed = cfg->cache_seed;
+    if (t->seed == 0 && RAND_bytes((unsigned char *)&t->seed, sizeof t->seed) != 1) {
         rc = azc_err_set(e, AZC_ERROR, "token: random generator failed");
         goto fail;
     }
@@ -291,12 +313,20 @@ static struct thread_cache *thread_cache(af_tokens *t)
 
     if (c != NULL)
         return c;
+    size_t sets = t->entries / AF_TOKEN_CACHE_WAYS;
+
     c = calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
-    c->mask = t->entries - 1;
+    c->mask = sets - 1;
+    if (posix_memalign((void **)&c->tags, 64, sets * sizeof *c->tags) != 0)
+        c->tags = NULL;
+    else
+        memset(c->tags, 0, sets * sizeof *c->tags);
+    c->clock = calloc(sets, sizeof *c->clock);
     c->slots = calloc(t->entries, sizeof *c->slots);
-    if (c->slots == NULL || pthread_setspecific(t->tls, c) != 0) {
+    if (c->tags == NULL || c->clock == NULL || c->slots == NULL ||
+        pthread_setspecific(t->tls, c) != 0) {
         cache_destroy(c);
         return NULL;
     }
@@ -311,6 +341,49 @@ static int still_valid(const struct slot *s, double now, double leeway, azc_err 
     if (s->nbf_at - leeway > now)
         return azc_err_set(e, AZC_EINVAL, "jwt: token not valid yet (nbf)");
     return AZC_OK;
+}
+
+/* The way of set `set` that holds (h, token), or -1. */
+static int cache_find(const struct thread_cache *c, size_t set, uint64_t h, const char *token,
+                      size_t len)
+{
+    const struct set_tags *tg = &c->tags[set];
+    int w;
+
+    for (w = 0; w < AF_TOKEN_CACHE_WAYS; w++) {
+        const struct slot *s;
+
+        if (tg->hash[w] != h)
+            continue;
+        s = &c->slots[set * AF_TOKEN_CACHE_WAYS + (size_t)w];
+        if (s->generation != 0 && s->len == len && memcmp(s->token, token, len) == 0)
+            return w;
+    }
+    return -1;
+}
+
+/* The way to fill in set `set`: an empty one, else one whose token had
+ * expired by `expired_at` (now less the leeway), else CLOCK's victim. */
+static int cache_victim(struct thread_cache *c, size_t set, double expired_at)
+{
+    struct set_clock *ck = &c->clock[set];
+    int w, i;
+
+    for (w = 0; w < AF_TOKEN_CACHE_WAYS; w++)
+        if (c->tags[set].hash[w] == 0)
+            return w;
+    for (w = 0; w < AF_TOKEN_CACHE_WAYS; w++)
+        if (c->slots[set * AF_TOKEN_CACHE_WAYS + (size_t)w].exp_at <= expired_at)
+            return w;
+    /* At most one full turn clears every mark; the second finds a way. */
+    for (i = 0; i < 2 * AF_TOKEN_CACHE_WAYS; i++) {
+        w = ck->hand;
+        ck->hand = (uint8_t)((ck->hand + 1) % AF_TOKEN_CACHE_WAYS);
+        if (!(ck->used & (1u << w)))
+            return w;
+        ck->used &= (uint8_t)~(1u << w);
+    }
+    return ck->hand;
 }
 
 static void fill_info(af_token_info *info, const char *sub, long long exp, int cached)
@@ -334,7 +407,8 @@ int af_tokens_verify(af_tokens *t, const char *token, size_t len, time_t now,
     const char *sub;
     double exp_at, nbf_at = -1e18;
     uint64_t h = 0;
-    int rc;
+    size_t set = 0;
+    int rc, w = 0;
 
     /* Not a memset of the whole record: the hit path is counted in ns. */
     if (info != NULL) {
@@ -354,17 +428,27 @@ int af_tokens_verify(af_tokens *t, const char *token, size_t len, time_t now,
     c = thread_cache(t);
     if (c != NULL && len <= SLOT_TOKEN_MAX) {
         h = XXH3_64bits_withSeed(token, len, t->seed);
-        s = &c->slots[h & c->mask];
-        if (s->generation != 0 && s->hash == h && s->len == len &&
-            memcmp(s->token, token, len) == 0) {
+        h += h == 0;             /* 0 marks an empty way */
+        set = (size_t)h & c->mask;
+        if ((w = cache_find(c, set, h, token, len)) >= 0) {
+            s = &c->slots[set * AF_TOKEN_CACHE_WAYS + (size_t)w];
             if (s->generation == __atomic_load_n(&t->generation, __ATOMIC_ACQUIRE)) {
                 if ((rc = still_valid(s, (double)now, (double)t->leeway, e)) != AZC_OK)
                     return rc;
+                c->clock[set].used |= (uint8_t)(1u << w);
                 fill_info(info, s->subject, s->exp, 1);
                 return AZC_OK;
             }
-            s->generation = 0;   /* verified by a set since replaced */
+            /* Verified by a set since replaced: verified again, into the
+             * same way. */
+        } else {
+            w = cache_victim(c, set, (double)now - (double)t->leeway);
+            s = &c->slots[set * AF_TOKEN_CACHE_WAYS + (size_t)w];
         }
+        /* Until it is verified again the way holds nothing. */
+        c->tags[set].hash[w] = 0;
+        s->generation = 0;
+        c->clock[set].used &= (uint8_t)~(1u << w);
     }
     /* azc_jwt_verify reads a C string: an embedded NUL would hide the rest. */
     if (memchr(token, '\0', len) != NULL)
@@ -398,7 +482,7 @@ int af_tokens_verify(af_tokens *t, const char *token, size_t len, time_t now,
     }
     fill_info(info, sub, exp_at > 9e18 ? (long long)9e18 : (long long)exp_at, 0);
     if (s != NULL) {
-        s->hash = h;
+        c->tags[set].hash[w] = h;
         s->generation = ref->generation;
         s->exp_at = exp_at;
         s->nbf_at = nbf_at;

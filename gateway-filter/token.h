@@ -10,8 +10,10 @@
  * out-of-range) ECDSA r or s is refused before OpenSSL sees it.
  *
  * Verified tokens are cached until their expiry, so the hot path does no
- * signature work: each thread has its own direct-mapped cache (no locks, no
- * shared cache lines), keyed by a seeded XXH3 of the token bytes with an
+ * signature work: each thread has its own cache (no locks, no shared cache
+ * lines), AF_TOKEN_CACHE_WAYS-way set-associative so that hot tokens whose
+ * hashes share a set do not evict each other, keyed by a seeded XXH3 of
+ * the token bytes (the set: the hash modulo the number of sets) with an
  * exact compare of the bytes; a hit re-checks exp/nbf against the clock and
  * the key-set generation, so an expired token or one verified by a key set
  * since rotated never passes. Keys reload without a restart
@@ -30,6 +32,7 @@
 #include "common/err.h"
 
 #define AF_SUBJECT_MAX 257   /* 256 bytes and the NUL */
+#define AF_TOKEN_CACHE_WAYS 8 /* tokens per set of the per-thread cache */
 
 typedef struct af_tokens af_tokens;
 
@@ -41,7 +44,10 @@ typedef struct af_token_config {
     const char *audience;        /* required */
     long leeway_secs;            /* exp/nbf skew, default 30 when 0 */
     long long max_lifetime_secs; /* 0: common/jwt.h's default */
-    size_t cache_entries;        /* per thread; 0: 4096 */
+    size_t cache_entries;        /* per thread, rounded up to a power of two, at
+                                    least AF_TOKEN_CACHE_WAYS; 0: 4096 */
+    uint64_t cache_seed;         /* the hash's seed; 0: a secret random one
+                                    (anything else is for tests only) */
 } af_token_config;
 
 /* The strings of `cfg` are copied. *out owned by the caller. */

@@ -28,6 +28,9 @@
 #include "common/jwt.h"
 #include "gateway-filter/token.h"
 
+#include <stdint.h>
+#include <xxhash.h>
+
 #define ISS "https://idp.test"
 #define AUD "authz-api"
 #define NOW 1700000000LL
@@ -238,9 +241,8 @@ static af_tokens *open_keys(const struct fx *f, const char *keys, const char *jw
     cfg.jwks_algs = algs;
     cfg.issuer = ISS;
     cfg.audience = AUD;
-    /* Large enough that two test tokens rarely share a slot of the
-     * direct-mapped cache (a shared slot evicts, which a test of caching
-     * would read as a miss). */
+    /* The default size; each set holds AF_TOKEN_CACHE_WAYS tokens, so the
+     * few tokens of a test never evict each other. */
     cfg.cache_entries = 4096;
     (void)f;
     assert_int_equal(af_tokens_new(&cfg, &t, &e), AZC_OK);
@@ -251,6 +253,111 @@ static af_tokens *open_keys(const struct fx *f, const char *keys, const char *jw
 static int verify_at(af_tokens *t, const char *tok, time_t now, af_token_info *info, azc_err *e)
 {
     return af_tokens_verify(t, tok, strlen(tok), now, info, e);
+}
+
+#define SET_SEED 0x5eed5eed5eedULL
+#define SET_ENTRIES 64   /* 8 sets of AF_TOKEN_CACHE_WAYS */
+
+/* The cache set token.c puts tok in, for SET_SEED and SET_ENTRIES. */
+static size_t set_of(const char *tok)
+{
+    uint64_t h = XXH3_64bits_withSeed(tok, strlen(tok), SET_SEED);
+
+    h += h == 0;
+    return (size_t)h & (SET_ENTRIES / AF_TOKEN_CACHE_WAYS - 1);
+}
+
+/* n ES256 tokens (exp `exp`) in cache set *set (SIZE_MAX: the set of the
+ * first one made, stored back). */
+static char **set_tokens(const struct fx *f, size_t n, long long exp, size_t *set)
+{
+    char **out = calloc(n, sizeof *out), sub[32];
+    size_t got = 0, i;
+
+    assert_non_null(out);
+    for (i = 0; got < n; i++) {
+        char *tok;
+
+        assert_true(i < 100000);
+        snprintf(sub, sizeof sub, "s%zu", i);
+        tok = es_token(f, sub, exp);
+        if (*set == SIZE_MAX)
+            *set = set_of(tok);
+        if (set_of(tok) == *set)
+            out[got++] = tok;
+        else
+            free(tok);
+    }
+    return out;
+}
+
+static int cached_now(af_tokens *t, const char *tok, time_t now)
+{
+    af_token_info info;
+    azc_err e;
+
+    assert_int_equal(verify_at(t, tok, now, &info, &e), AZC_OK);
+    return info.cached;
+}
+
+/*
+ * Tokens whose hashes share a set: AF_TOKEN_CACHE_WAYS of them stay cached
+ * together (a direct-mapped cache would keep one); a new token in a full
+ * set replaces the one not used since, never one in use; an expired token
+ * is replaced first, even one in use.
+ */
+static void test_cache_sets(void **state)
+{
+    struct fx *f = *state;
+    const size_t ways = AF_TOKEN_CACHE_WAYS;
+    af_token_config cfg = {0};
+    af_tokens *t = NULL;
+    size_t set = SIZE_MAX, i;
+    char **a = set_tokens(f, ways + 2, NOW + 300, &set);
+    char **short_lived = set_tokens(f, 1, NOW + 10, &set);
+    azc_err e;
+
+    cfg.keys_file = f->keys_path;
+    cfg.issuer = ISS;
+    cfg.audience = AUD;
+    cfg.cache_entries = SET_ENTRIES;
+    cfg.cache_seed = SET_SEED;
+    assert_int_equal(af_tokens_new(&cfg, &t, &e), AZC_OK);
+    for (i = 0; i < ways; i++)
+        assert_int_equal(cached_now(t, a[i], NOW), 0);
+    /* All used but the last: a newcomer takes the last one's way. */
+    for (i = 0; i + 1 < ways; i++)
+        if (!cached_now(t, a[i], NOW))
+            fail_msg("token %zu of a set of %zu was evicted", i, ways);
+    assert_int_equal(cached_now(t, a[ways], NOW), 0);
+    for (i = 0; i + 1 < ways; i++)
+        if (!cached_now(t, a[i], NOW))
+            fail_msg("token %zu, in use, was evicted by a newcomer", i);
+    assert_int_equal(cached_now(t, a[ways], NOW), 1);
+    assert_int_equal(cached_now(t, a[ways - 1], NOW), 0);
+    af_tokens_free(t);
+
+    /* A full set, every token used, one of them expired 100 s later
+     * (exp NOW + 10, leeway 30): the newcomer takes the expired one's way. */
+    t = NULL;
+    assert_int_equal(af_tokens_new(&cfg, &t, &e), AZC_OK);
+    assert_int_equal(cached_now(t, short_lived[0], NOW), 0);
+    for (i = 1; i < ways; i++)
+        assert_int_equal(cached_now(t, a[i], NOW), 0);
+    assert_int_equal(cached_now(t, short_lived[0], NOW), 1);
+    for (i = 1; i < ways; i++)
+        assert_int_equal(cached_now(t, a[i], NOW), 1);
+    assert_int_equal(cached_now(t, a[ways + 1], NOW + 100), 0);
+    for (i = 1; i < ways; i++)
+        if (!cached_now(t, a[i], NOW + 100))
+            fail_msg("token %zu was evicted while an expired one stayed", i);
+    assert_int_equal(cached_now(t, a[ways + 1], NOW + 100), 1);
+    af_tokens_free(t);
+    for (i = 0; i < ways + 2; i++)
+        free(a[i]);
+    free(a);
+    free(short_lived[0]);
+    free(short_lived);
 }
 
 /* Refused, with a message containing `why`. */
@@ -809,6 +916,7 @@ int main(void)
         cmocka_unit_test(test_times_iss_aud),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_cache_expiry_and_rotation),
+        cmocka_unit_test(test_cache_sets),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_jwks),
         cmocka_unit_test(test_config_errors),
