@@ -64,8 +64,6 @@
 
 static const char SQL_LISTEN[] = "LISTEN authz_changes; LISTEN authz_watermarks";
 static const char CHANNEL_WATERMARKS[] = "authz_watermarks";
-/* A timer at this delay runs at the next turn of the loop, after polling. */
-static const struct timeval NOW = { 0, 0 };
 
 #define DEFAULT_LIMIT 1000
 #define MAX_LIMIT 10000
@@ -341,9 +339,10 @@ static void wake(az_feed *f, int changes)
 /*
  * Watermark-only wake-up answered from memory: `upd` (origin -> {applied,
  * known}) raises f->last's watermarks, which still cover every change
- * announced (the caller checked). The followers that want watermarks and
- * are at the head of f->last get them now; any behind it (a limit cut
- * them short, a slow reader caught up later) are served by one read.
+ * announced (the caller checked). The followers that want watermarks are
+ * marked due and answered in the background a slice at a time (on_wm_due,
+ * the streams' catch-up): those at the head of f->last from memory, any
+ * behind it (a limit cut them short, a slow reader) by one read.
  */
 static void wake_from_memory(az_feed *f, json_t *upd)
 {
@@ -400,8 +399,8 @@ static void wake_from_memory(az_feed *f, json_t *upd)
             m++;
         }
     }
-    if (n > 0 && evtimer_add(f->wm_due, &NOW) != 0)
-        azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: cannot schedule the watermark answers");
+    if (n > 0)
+        az__feed_run_soon(f, f->wm_due, "the watermark answers");
     if (m > 0)
         az__feed_catch_up_soon(f);
     return;
@@ -436,9 +435,7 @@ static void on_wm_due(evutil_socket_t fd, short what, void *arg)
         if (!wt->wm_due)
             continue;
         if (n == WM_SLICE) {
-            if (evtimer_add(f->wm_due, &NOW) != 0)
-                azc_logf(f->w->sh->log, AZC_LOG_WARN,
-                         "feed: cannot schedule the watermark answers");
+            az__feed_run_soon(f, f->wm_due, "the watermark answers");
             break;
         }
         wt->wm_due = 0;
@@ -461,6 +458,16 @@ static void on_wm_due(evutil_socket_t fd, short what, void *arg)
         az__feed_serve(f, n - hn, 0, "wakeup");
     }
     az__feed_count_waiters(f);
+}
+
+void az__feed_run_soon(az_feed *f, struct event *ev, const char *what)
+{
+    static const struct timeval now = { 0, 0 };
+
+    /* A timer, not event_active: it runs after the loop has polled again,
+     * so whatever became ready meanwhile (checks) goes first. */
+    if (evtimer_add(ev, &now) != 0)
+        azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: cannot schedule %s", what);
 }
 
 /* The higher of a and b. */

@@ -147,6 +147,9 @@ int az__feed_by_stream_cursor(const void *a, const void *b);
 void az__feed_on_catch_up(evutil_socket_t fd, short what, void *arg);
 /* Runs the catch-up at the next turn of the loop. */
 void az__feed_catch_up_soon(az_feed *f);
+/* Runs ev (a timer of f's loop) at the next turn of the loop; `what`
+ * names it in the warning if it cannot be scheduled. */
+void az__feed_run_soon(az_feed *f, struct event *ev, const char *what);
 /* Answers r as a stream (see feed.c). */
 void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm);
 

@@ -179,12 +179,7 @@ size_t az__feed_stream_answer_from(az_feed *f, const feed_read *rd, stream **lis
 
 void az__feed_catch_up_soon(az_feed *f)
 {
-    static const struct timeval now = { 0, 0 };
-
-    /* A timer, not event_active: it runs after the loop has polled again,
-     * so whatever became ready meanwhile goes first. */
-    if (evtimer_add(f->catch_up, &now) != 0)
-        azc_logf(f->w->sh->log, AZC_LOG_WARN, "feed: cannot schedule a stream catch-up");
+    az__feed_run_soon(f, f->catch_up, "a stream catch-up");
 }
 
 /* Streams whose line is out and that have something due, CATCH_UP_SLICE
