@@ -439,16 +439,17 @@ int af_tokens_verify(af_tokens *t, const char *token, size_t len, time_t now,
                 fill_info(info, s->subject, s->exp, 1);
                 return AZC_OK;
             }
-            /* Verified by a set since replaced: verified again, into the
-             * same way. */
+            /* Verified by a set since replaced: it never answers again
+             * from this way unless verified again, into the same way. */
+            c->tags[set].hash[w] = 0;
+            s->generation = 0;
+            c->clock[set].used &= (uint8_t)~(1u << w);
         } else {
-            w = cache_victim(c, set, (double)now - (double)t->leeway);
-            s = &c->slots[set * AF_TOKEN_CACHE_WAYS + (size_t)w];
+            /* The victim is chosen only once the token has verified: a
+             * stream of bad tokens must neither evict good ones nor move
+             * the CLOCK hand past them. */
+            w = -1;
         }
-        /* Until it is verified again the way holds nothing. */
-        c->tags[set].hash[w] = 0;
-        s->generation = 0;
-        c->clock[set].used &= (uint8_t)~(1u << w);
     }
     /* azc_jwt_verify reads a C string: an embedded NUL would hide the rest. */
     if (memchr(token, '\0', len) != NULL)
@@ -481,7 +482,12 @@ int af_tokens_verify(af_tokens *t, const char *token, size_t len, time_t now,
         return azc_err_set(e, AZC_EINVAL, "jwt: sub claim missing or too long");
     }
     fill_info(info, sub, exp_at > 9e18 ? (long long)9e18 : (long long)exp_at, 0);
-    if (s != NULL) {
+    if (c != NULL && len <= SLOT_TOKEN_MAX) {
+        if (w < 0) {
+            w = cache_victim(c, set, (double)now - (double)t->leeway);
+            s = &c->slots[set * AF_TOKEN_CACHE_WAYS + (size_t)w];
+            c->clock[set].used &= (uint8_t)~(1u << w);
+        }
         c->tags[set].hash[w] = h;
         s->generation = ref->generation;
         s->exp_at = exp_at;

@@ -360,6 +360,62 @@ static void test_cache_sets(void **state)
     free(short_lived);
 }
 
+/*
+ * Bad tokens aimed at a full set (here by the test's known seed; in
+ * service an attacker cannot know the seed) are refused and evict nothing:
+ * the victim is chosen only once a token has verified, so a flood of
+ * forged tokens neither pushes out a token in use nor moves CLOCK's hand.
+ */
+static void test_cache_bad_tokens_evict_nothing(void **state)
+{
+    struct fx *f = *state;
+    const size_t ways = AF_TOKEN_CACHE_WAYS;
+    af_token_config cfg = {0};
+    af_tokens *t = NULL;
+    size_t set = SIZE_MAX, i, bad = 0;
+    char **a = set_tokens(f, ways, NOW + 300, &set);
+    af_token_info info;
+    azc_err e;
+
+    cfg.keys_file = f->keys_path;
+    cfg.issuer = ISS;
+    cfg.audience = AUD;
+    cfg.cache_entries = SET_ENTRIES;
+    cfg.cache_seed = SET_SEED;
+    assert_int_equal(af_tokens_new(&cfg, &t, &e), AZC_OK);
+    for (i = 0; i < ways; i++)
+        assert_int_equal(cached_now(t, a[i], NOW), 0);
+    /* Unused since inserted but for the first: the ways a newcomer would
+     * take first under CLOCK. */
+    assert_int_equal(cached_now(t, a[0], NOW), 1);
+    for (i = 0; bad < 4 * ways; i++) {
+        char *tok, *sig;
+
+        assert_true(i < 100000);
+        tok = es_token(f, "forger", NOW + 300);
+        /* Spoil one signature character (never the last: its low bits
+         * may be padding), with a per-i variant so that the tokens differ. */
+        sig = strrchr(tok, '.');
+        assert_non_null(sig);
+        sig[5] = sig[5] == 'A' ? 'B' : 'A';
+        sig[6] = "abcdefghijklmnopqrstuvwxyz0123456789"[i % 36];
+        sig[7] = "abcdefghijklmnopqrstuvwxyz0123456789"[(i / 36) % 36];
+        if (set_of(tok) == set) {
+            azc_err_clear(&e);
+            assert_int_equal(verify_at(t, tok, NOW, &info, &e), AZC_EINVAL);
+            bad++;
+        }
+        free(tok);
+    }
+    for (i = 0; i < ways; i++)
+        if (!cached_now(t, a[i], NOW))
+            fail_msg("token %zu was evicted by a refused token", i);
+    af_tokens_free(t);
+    for (i = 0; i < ways; i++)
+        free(a[i]);
+    free(a);
+}
+
 /* Refused, with a message containing `why`. */
 static void refused(af_tokens *t, const char *tok, const char *why)
 {
@@ -917,6 +973,7 @@ int main(void)
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_cache_expiry_and_rotation),
         cmocka_unit_test(test_cache_sets),
+        cmocka_unit_test(test_cache_bad_tokens_evict_nothing),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_jwks),
         cmocka_unit_test(test_config_errors),
