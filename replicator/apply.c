@@ -8,18 +8,38 @@
  * no-op. Rows of this region's own origin are skipped: its consumer is
  * their only writer here.
  *
+ * Consecutive rows of one kind go to PostgreSQL as one statement (a
+ * "run"): each column is one array parameter, unnested into rows
+ * (SQL_BULK_*), so a snapshot or a burst of 1,000 policies is parsed,
+ * planned and executed once instead of 1,000 times; a run of one row uses
+ * the one-row statement. Runs, not one statement per kind: a feed answer
+ * may end inside a transaction of the peer, and its rows enter the local
+ * feed (and every follower of it) in the order they are written here, so
+ * that order must stay the batch's order, or a reader cut between two
+ * rows could see a state that never existed (a new member of a team
+ * whose grant was revoked just before, still granted). For the same
+ * reason a run inserts its rows in batch order. ON CONFLICT DO UPDATE may
+ * not touch one row twice in a statement, so a run first keeps, of
+ * several versions of one key, the one last-writer-wins would keep: the
+ * greatest (hlc, origin), and of equal ones the first (which a row by row
+ * apply keeps too: the second is not newer). Keys are compared as uuids,
+ * so two spellings of one uuid are one key. The versions a run drops
+ * count as older in the result.
+ *
  * Bad rows go to authz.replication_dead_letters with their raw JSON and
  * the reason; the others still apply. A row that passes the C checks but
  * fails in PostgreSQL (a uuid that is not one, a CHECK) would abort the
- * transaction, so the batch first runs without savepoints, its row
- * statements pipelined (libpq pipeline mode: a few round trips per batch,
- * not one per row), and, only when a row statement fails, is rolled back
- * and run again with a savepoint around each row.
+ * transaction, so the batch first runs without savepoints, its run
+ * statements pipelined (libpq pipeline mode: a few round trips per batch),
+ * and, only when a statement fails for a row's data, is rolled back and
+ * run again row by row with a savepoint around each row: the bad row
+ * becomes a dead letter with PostgreSQL's reason, the rest applies.
  *
  * The peer's cursor is stored, and its watermarks adopted, in the same
  * transaction: a crash between two answers neither loses nor repeats one.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +68,62 @@ static const char SQL_POLICY[] =
     "                                 deleted)"
     " VALUES ($1, $2, $3, $4, $5, $6, ARRAY(SELECT jsonb_array_elements_text($7::jsonb)),"
     "         $8, $9, $10, $11)"
+    " ON CONFLICT (assignment_id) DO UPDATE SET principal_type = EXCLUDED.principal_type,"
+    "   principal_id = EXCLUDED.principal_id, role_id = EXCLUDED.role_id,"
+    "   region = EXCLUDED.region, resource = EXCLUDED.resource,"
+    "   permissions = EXCLUDED.permissions, hlc = EXCLUDED.hlc, origin = EXCLUDED.origin,"
+    "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
+    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+/*
+ * The same upserts for a run of rows: parameter i is the array of column
+ * i's values (array_literal). DISTINCT ON keeps, per key, the first in
+ * its ORDER BY: the greatest (hlc, origin), of equal ones the earliest in
+ * the run (ord); the outer ORDER BY then inserts the rows in run order.
+ * origin is ordered with the same collation as the LWW guard's
+ * comparison (the database's default), so both agree on the newer one.
+ */
+static const char SQL_BULK_USER[] =
+    "INSERT INTO authz.users AS t (user_id, subject, hlc, origin, origin_seq, deleted)"
+    " SELECT d.user_id, d.subject, d.hlc, d.origin, d.origin_seq, d.deleted"
+    "   FROM (SELECT DISTINCT ON (r.user_id) r.*"
+    "           FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],"
+    "                       $6::boolean[])"
+    "                WITH ORDINALITY AS r (user_id, subject, hlc, origin, origin_seq, deleted,"
+    "                                      ord)"
+    "          ORDER BY r.user_id, r.hlc DESC, r.origin DESC, r.ord) d"
+    "  ORDER BY d.ord"
+    " ON CONFLICT (user_id) DO UPDATE SET subject = EXCLUDED.subject, hlc = EXCLUDED.hlc,"
+    "   origin = EXCLUDED.origin, origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
+    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+static const char SQL_BULK_MEMBERSHIP[] =
+    "INSERT INTO authz.memberships AS t (team_id, user_id, hlc, origin, origin_seq, deleted)"
+    " SELECT d.team_id, d.user_id, d.hlc, d.origin, d.origin_seq, d.deleted"
+    "   FROM (SELECT DISTINCT ON (r.team_id, r.user_id) r.*"
+    "           FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::bigint[],"
+    "                       $6::boolean[])"
+    "                WITH ORDINALITY AS r (team_id, user_id, hlc, origin, origin_seq, deleted,"
+    "                                      ord)"
+    "          ORDER BY r.team_id, r.user_id, r.hlc DESC, r.origin DESC, r.ord) d"
+    "  ORDER BY d.ord"
+    " ON CONFLICT (team_id, user_id) DO UPDATE SET hlc = EXCLUDED.hlc, origin = EXCLUDED.origin,"
+    "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
+    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+static const char SQL_BULK_POLICY[] =
+    "INSERT INTO authz.policies AS t (assignment_id, principal_type, principal_id, role_id,"
+    "                                 region, resource, permissions, hlc, origin, origin_seq,"
+    "                                 deleted)"
+    " SELECT d.assignment_id, d.principal_type, d.principal_id, d.role_id, d.region,"
+    "        d.resource, ARRAY(SELECT jsonb_array_elements_text(d.permissions)), d.hlc,"
+    "        d.origin, d.origin_seq, d.deleted"
+    "   FROM (SELECT DISTINCT ON (r.assignment_id) r.*"
+    "           FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[],"
+    "                       $6::text[], $7::jsonb[], $8::bigint[], $9::text[], $10::bigint[],"
+    "                       $11::boolean[])"
+    "                WITH ORDINALITY AS r (assignment_id, principal_type, principal_id, role_id,"
+    "                                      region, resource, permissions, hlc, origin,"
+    "                                      origin_seq, deleted, ord)"
+    "          ORDER BY r.assignment_id, r.hlc DESC, r.origin DESC, r.ord) d"
+    "  ORDER BY d.ord"
     " ON CONFLICT (assignment_id) DO UPDATE SET principal_type = EXCLUDED.principal_type,"
     "   principal_id = EXCLUDED.principal_id, role_id = EXCLUDED.role_id,"
     "   region = EXCLUDED.region, resource = EXCLUDED.resource,"
@@ -268,34 +344,45 @@ static int row_error(const PGresult *r)
 }
 
 static const char *const SQL_KIND[RP_NKINDS] = { SQL_USER, SQL_MEMBERSHIP, SQL_POLICY };
-/* The same statements prepared once per session for the pipelined path:
- * a batch then costs no parse or plan per row. */
-static const char *const PREPARED_KIND[RP_NKINDS] = { "rp_user", "rp_membership", "rp_policy" };
+static const char *const SQL_BULK_KIND[RP_NKINDS] = { SQL_BULK_USER, SQL_BULK_MEMBERSHIP,
+                                                      SQL_BULK_POLICY };
+/* Both prepared once per session for the pipelined path: a batch then
+ * costs no parse or plan per statement. */
+#define NPREPARED (2 * RP_NKINDS)
+static const char *const PREPARED_NAME[NPREPARED] = {
+    "rp_user", "rp_membership", "rp_policy", "rp_bulk_user", "rp_bulk_membership",
+    "rp_bulk_policy"
+};
+#define PREPARED_ROW(kind) PREPARED_NAME[(kind)]
+#define PREPARED_BULK(kind) PREPARED_NAME[RP_NKINDS + (kind)]
 static const char SQL_PREPARED[] =
-    "SELECT name FROM pg_prepared_statements WHERE name IN ('rp_user', 'rp_membership', 'rp_policy')";
+    "SELECT name FROM pg_prepared_statements"
+    " WHERE name IN ('rp_user', 'rp_membership', 'rp_policy', 'rp_bulk_user',"
+    "                'rp_bulk_membership', 'rp_bulk_policy')";
 
-/* Prepares whichever of PREPARED_KIND this session lacks (a new or
- * reconnected session lacks all three). Outside a transaction: a prepared
+/* Prepares whichever of PREPARED_NAME this session lacks (a new or
+ * reconnected session lacks them all). Outside a transaction: a prepared
  * statement outlives a rolled-back one. */
 static int ensure_prepared(PGconn *c, azc_err *e)
 {
     PGresult *r = NULL;
-    int have[RP_NKINDS] = { 0 }, i, k, rc;
+    int have[NPREPARED] = { 0 }, i, k, rc;
 
     if ((rc = azc_pg_query(c, SQL_PREPARED, 0, NULL, &r, e)) != AZC_OK)
         return rc;
     for (i = 0; i < PQntuples(r); i++) {
-        for (k = 0; k < RP_NKINDS; k++)
-            have[k] |= strcmp(PQgetvalue(r, i, 0), PREPARED_KIND[k]) == 0;
+        for (k = 0; k < NPREPARED; k++)
+            have[k] |= strcmp(PQgetvalue(r, i, 0), PREPARED_NAME[k]) == 0;
     }
     PQclear(r);
-    for (k = 0; k < RP_NKINDS; k++) {
+    for (k = 0; k < NPREPARED; k++) {
         if (have[k])
             continue;
-        r = PQprepare(c, PREPARED_KIND[k], SQL_KIND[k], 0, NULL);
+        r = PQprepare(c, PREPARED_NAME[k],
+                      k < RP_NKINDS ? SQL_KIND[k] : SQL_BULK_KIND[k - RP_NKINDS], 0, NULL);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             rc = azc_err_set(e, PQstatus(c) == CONNECTION_OK ? AZC_ERROR : AZC_EUNAVAIL,
-                             "postgres: prepare %s: %s", PREPARED_KIND[k], PQerrorMessage(c));
+                             "postgres: prepare %s: %s", PREPARED_NAME[k], PQerrorMessage(c));
             PQclear(r);
             return rc;
         }
@@ -380,9 +467,90 @@ static int adopt_watermarks(PGconn *c, const rp_apply_ctx *ctx, json_t *wm,
  * blocks on a full buffer while the other waits. */
 #define PIPELINE_CHUNK 256
 
+/* Most rows in one run statement: bounds its array parameters (a policy
+ * row is about 300 bytes of them, 1.5 MB for a full run) and its sort,
+ * for a snapshot of any size. A feed answer (replication.limit, at most
+ * 10,000 rows) takes one or two per run. */
+#define BULK_CHUNK 5000
+
+/* A statement in the pipeline: `n` rows of `kind`. */
+typedef struct sent_stmt {
+    int kind;
+    long long n;
+} sent_stmt;
+
+/*
+ * Column `col` of rows[0..n) as one PostgreSQL array literal, newly
+ * allocated (the caller frees it), NULL when out of memory. Every element
+ * is double-quoted with a backslash before '"' and '\', the array input
+ * syntax, so any text (commas, braces, quotes, the word NULL) comes back
+ * as it was sent.
+ */
+static char *array_literal(const item *const *rows, size_t n, int col)
+{
+    size_t i, size = 3, len;
+    const char *p;
+    char *buf, *o;
+
+    for (i = 0; i < n; i++) {
+        len = strlen(rows[i]->params[col]);
+        if (len > (SIZE_MAX - size - 3) / 2)
+            return NULL;
+        size += 2 * len + 3;        /* every byte escaped, two quotes, a comma */
+    }
+    if ((buf = malloc(size)) == NULL)
+        return NULL;
+    o = buf;
+    *o++ = '{';
+    for (i = 0; i < n; i++) {
+        if (i > 0)
+            *o++ = ',';
+        *o++ = '"';
+        for (p = rows[i]->params[col]; *p != '\0'; p++) {
+            if (*p == '"' || *p == '\\')
+                *o++ = '\\';
+            *o++ = *p;
+        }
+        *o++ = '"';
+    }
+    *o++ = '}';
+    *o = '\0';
+    return buf;
+}
+
+/* Sends the statement for run[0..n) (all of one kind): the one-row
+ * statement for one row, else the run statement with one array per
+ * column. libpq copies the parameters into its output buffer at once. */
+static int run_send(PGconn *c, const item *const *run, size_t n, azc_err *e)
+{
+    char *arrays[MAX_PARAMS] = { NULL };
+    const char *params[MAX_PARAMS];
+    int ncols = run[0]->nparams, col, rc = AZC_OK;
+
+    if (n == 1) {
+        if (PQsendQueryPrepared(c, PREPARED_ROW(run[0]->kind), ncols, run[0]->params, NULL,
+                                NULL, 0) != 1)
+            return azc_err_set(e, AZC_EUNAVAIL, "postgres: %s", PQerrorMessage(c));
+        return AZC_OK;
+    }
+    for (col = 0; col < ncols; col++) {
+        if ((arrays[col] = array_literal(run, n, col)) == NULL) {
+            rc = azc_err_set(e, AZC_ENOMEM, "out of memory for a run of %zu rows", n);
+            goto done;
+        }
+        params[col] = arrays[col];
+    }
+    if (PQsendQueryPrepared(c, PREPARED_BULK(run[0]->kind), ncols, params, NULL, NULL, 0) != 1)
+        rc = azc_err_set(e, AZC_EUNAVAIL, "postgres: %s", PQerrorMessage(c));
+done:
+    for (col = 0; col < ncols; col++)
+        free(arrays[col]);
+    return rc;
+}
+
 /* Ends the statements sent (a sync) and reads their results in order.
- * Sets *row_failed when one failed for its own data. */
-static int pipeline_flush(PGconn *c, const item *const *sent, size_t nsent, rp_apply_result *res,
+ * Sets *row_failed when one failed for a row's own data. */
+static int pipeline_flush(PGconn *c, const sent_stmt *sent, size_t nsent, rp_apply_result *res,
                           int *row_failed, azc_err *e)
 {
     PGresult *r;
@@ -398,10 +566,12 @@ static int pipeline_flush(PGconn *c, const item *const *sent, size_t nsent, rp_a
             return azc_err_set(e, AZC_EUNAVAIL, "postgres: %s", PQerrorMessage(c));
         st = PQresultStatus(r);
         if (st == PGRES_COMMAND_OK) {
-            if (strcmp(PQcmdTuples(r), "0") != 0)
-                res->applied[sent[k]->kind]++;
-            else
-                res->older++;
+            /* Rows inserted or replaced; the others were not newer than
+             * the local row or than another version of their key. */
+            long long applied = strtoll(PQcmdTuples(r), NULL, 10);
+
+            res->applied[sent[k].kind] += applied;
+            res->older += sent[k].n - applied;
         } else if (st != PGRES_PIPELINE_ABORTED) {
             if (row_error(r))
                 *row_failed = 1;
@@ -424,39 +594,56 @@ static int pipeline_flush(PGconn *c, const item *const *sent, size_t nsent, rp_a
 }
 
 /*
- * The good rows of items[0..n) without savepoints, in libpq's pipeline
- * mode: the statements go out back to back and their results come back
- * together, so a batch costs a few round trips instead of one per row.
- * AZC_OK, AZC_ECONFLICT (a row's own error: the caller rolls back and runs
- * the batch again with a savepoint per row), or a database failure.
+ * The good rows of items[0..n) without savepoints, one statement per run
+ * (consecutive rows of one kind, bad and own-origin rows in between not
+ * counting: they write nothing here), in libpq's pipeline mode: the
+ * statements go out back to back and their results come back together,
+ * so a batch costs a few round trips. AZC_OK, AZC_ECONFLICT (a row's own
+ * error: the caller rolls back and runs the batch again with a savepoint
+ * per row), or a database failure.
  */
 static int rows_pipelined(PGconn *c, item *items, size_t n, rp_apply_result *res, azc_err *e)
 {
-    const item *sent[PIPELINE_CHUNK];
-    size_t i, nsent = 0;
+    sent_stmt sent[PIPELINE_CHUNK];
+    const item **run;
+    size_t i, m, nsent = 0;
     int rc = AZC_OK, row_failed = 0;
 
-    if (PQenterPipelineMode(c) != 1)
+    if (n == 0)
+        return AZC_OK;
+    if ((run = malloc((n < BULK_CHUNK ? n : BULK_CHUNK) * sizeof *run)) == NULL)
+        return azc_err_set(e, AZC_ENOMEM, "out of memory for a batch of %zu rows", n);
+    if (PQenterPipelineMode(c) != 1) {
+        free(run);
         return azc_err_set(e, AZC_ERROR, "postgres: cannot enter pipeline mode: %s",
                            PQerrorMessage(c));
-    for (i = 0; i < n && rc == AZC_OK && !row_failed; i++) {
-        item *it = &items[i];
+    }
+    i = 0;
+    while (rc == AZC_OK && !row_failed) {
+        m = 0;
+        for (; i < n && m < BULK_CHUNK; i++) {
+            item *it = &items[i];
 
-        if (it->bad != NULL || it->own)
-            continue;
-        if (PQsendQueryPrepared(c, PREPARED_KIND[it->kind], it->nparams, it->params, NULL, NULL,
-                                0) != 1) {
-            rc = azc_err_set(e, AZC_EUNAVAIL, "postgres: %s", PQerrorMessage(c));
-            break;
+            if (it->bad != NULL || it->own)
+                continue;
+            if (m > 0 && it->kind != run[0]->kind)
+                break;
+            run[m++] = it;
         }
-        sent[nsent++] = it;
-        if (nsent == PIPELINE_CHUNK) {
+        if (m == 0)
+            break;
+        if ((rc = run_send(c, run, m, e)) != AZC_OK)
+            break;
+        sent[nsent].kind = run[0]->kind;
+        sent[nsent].n = (long long)m;
+        if (++nsent == PIPELINE_CHUNK) {
             rc = pipeline_flush(c, sent, nsent, res, &row_failed, e);
             nsent = 0;
         }
     }
     if (rc == AZC_OK && !row_failed && nsent > 0)
         rc = pipeline_flush(c, sent, nsent, res, &row_failed, e);
+    free(run);
     if (PQexitPipelineMode(c) != 1) {
         /* Results still owed (a send failed half way): the connection
          * cannot run a plain statement again; close its socket so the

@@ -242,7 +242,9 @@ def changes(events):
 def workdir():
     d = tempfile.mkdtemp(prefix="authz-it-id.")
     yield d
-    subprocess.run(["rm", "-rf", d])
+    # AUTHZ_TEST_KEEP=1 keeps the logs and configurations for a post-mortem.
+    if os.environ.get("AUTHZ_TEST_KEEP") != "1":
+        subprocess.run(["rm", "-rf", d])
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ class StreamPeer:
                 fake.requests.append(self.path)
                 self.close_connection = True
                 if self.path.startswith("/v1/policy/snapshot"):
-                    body = json.dumps(snapshot(fake.snapshot_cursor)).encode()
+                    body = json.dumps(fake.snapshot_doc or snapshot(fake.snapshot_cursor)).encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
@@ -94,6 +94,7 @@ class StreamPeer:
                 self.wfile.flush()
 
         self.snapshot_cursor = 0
+        self.snapshot_doc = None  # a whole snapshot answer instead of an empty one
         self.port = free_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
@@ -122,12 +123,14 @@ def fresh_db(cluster):
 
 @pytest.fixture
 def follow_fake(workdir, fresh_db):
-    """start(script, extra): a replicator of region us on a fresh store
-    following one StreamPeer fk."""
+    """start(script, extra, ready, snapshot_doc): a replicator of region us
+    on a fresh store following one StreamPeer fk (whose snapshot is
+    snapshot_doc when given, else empty)."""
     made = []
 
-    def start(script, extra=None, ready=True):
+    def start(script, extra=None, ready=True, snapshot_doc=None):
         fake = StreamPeer(script)
+        fake.snapshot_doc = snapshot_doc
         cfg = {"replication": {"backoff_max_ms": 200}}
         for section, values in (extra or {}).items():
             cfg.setdefault(section, {}).update(values)
@@ -149,6 +152,19 @@ def feed_streams(authz):
                re.finditer(r"^authz_feed_streams(?:\{[^}]*\})?\s+(\S+)$", text, re.M))
 
 
+def log_tail(region, lines=40):
+    """The end of a region's replicator and authz-server logs, for a
+    failure's message."""
+    out = []
+    for name, path in (("replicator", region.replicator.log), ("authz", region.authz.log)):
+        try:
+            with open(path, errors="replace") as f:
+                out.append(f"--- {name} log of {region.name}:\n" + "".join(f.readlines()[-lines:]))
+        except OSError as e:
+            out.append(f"--- {name} log of {region.name}: {e}")
+    return "\n".join(out)
+
+
 def test_change_reaches_follower_over_stream(regions):
     us, eu = regions["us"], regions["eu"]
     wait_until(lambda: us.replicator.status()["peers"]["eu"]["stream_open"], 30,
@@ -167,8 +183,8 @@ def test_change_reaches_follower_over_stream(regions):
                    "a write in eu allowed in us")
     assert us.replicator.metric("rp_rows_applied_total", peer="eu") > applied
     # Same stream all along: no new connection, no failure.
-    assert us.replicator.metric("rp_reconnects_total", peer="eu") == reconnects
-    assert us.replicator.metric("rp_peer_errors_total", peer="eu") == errors
+    assert us.replicator.metric("rp_reconnects_total", peer="eu") == reconnects, log_tail(us)
+    assert us.replicator.metric("rp_peer_errors_total", peer="eu") == errors, log_tail(us)
     assert us.replicator.status()["peers"]["eu"]["stream_open"]
 
 
