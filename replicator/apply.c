@@ -50,30 +50,39 @@
 
 const char *const rp_kind_names[RP_NKINDS] = { "user", "membership", "policy" };
 
+/* The last-writer-wins upsert of each table, shared by the one-row and
+ * the run statements so that the two can never disagree. */
+#define UPSERT_USER \
+    " ON CONFLICT (user_id) DO UPDATE SET subject = EXCLUDED.subject, hlc = EXCLUDED.hlc," \
+    "   origin = EXCLUDED.origin, origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted" \
+    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)"
+#define UPSERT_MEMBERSHIP \
+    " ON CONFLICT (team_id, user_id) DO UPDATE SET hlc = EXCLUDED.hlc," \
+    "   origin = EXCLUDED.origin, origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted" \
+    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)"
+#define UPSERT_POLICY \
+    " ON CONFLICT (assignment_id) DO UPDATE SET principal_type = EXCLUDED.principal_type," \
+    "   principal_id = EXCLUDED.principal_id, role_id = EXCLUDED.role_id," \
+    "   region = EXCLUDED.region, resource = EXCLUDED.resource," \
+    "   permissions = EXCLUDED.permissions, hlc = EXCLUDED.hlc, origin = EXCLUDED.origin," \
+    "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted" \
+    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)"
+
 static const char SQL_USER[] =
     "INSERT INTO authz.users AS t (user_id, subject, hlc, origin, origin_seq, deleted)"
     " VALUES ($1, $2, $3, $4, $5, $6)"
-    " ON CONFLICT (user_id) DO UPDATE SET subject = EXCLUDED.subject, hlc = EXCLUDED.hlc,"
-    "   origin = EXCLUDED.origin, origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
-    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+    UPSERT_USER;
 static const char SQL_MEMBERSHIP[] =
     "INSERT INTO authz.memberships AS t (team_id, user_id, hlc, origin, origin_seq, deleted)"
     " VALUES ($1, $2, $3, $4, $5, $6)"
-    " ON CONFLICT (team_id, user_id) DO UPDATE SET hlc = EXCLUDED.hlc, origin = EXCLUDED.origin,"
-    "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
-    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+    UPSERT_MEMBERSHIP;
 static const char SQL_POLICY[] =
     "INSERT INTO authz.policies AS t (assignment_id, principal_type, principal_id, role_id,"
     "                                 region, resource, permissions, hlc, origin, origin_seq,"
     "                                 deleted)"
     " VALUES ($1, $2, $3, $4, $5, $6, ARRAY(SELECT jsonb_array_elements_text($7::jsonb)),"
     "         $8, $9, $10, $11)"
-    " ON CONFLICT (assignment_id) DO UPDATE SET principal_type = EXCLUDED.principal_type,"
-    "   principal_id = EXCLUDED.principal_id, role_id = EXCLUDED.role_id,"
-    "   region = EXCLUDED.region, resource = EXCLUDED.resource,"
-    "   permissions = EXCLUDED.permissions, hlc = EXCLUDED.hlc, origin = EXCLUDED.origin,"
-    "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
-    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+    UPSERT_POLICY;
 /*
  * The same upserts for a run of rows: parameter i is the array of column
  * i's values (array_literal). DISTINCT ON keeps, per key, the first in
@@ -92,9 +101,7 @@ static const char SQL_BULK_USER[] =
     "                                      ord)"
     "          ORDER BY r.user_id, r.hlc DESC, r.origin DESC, r.ord) d"
     "  ORDER BY d.ord"
-    " ON CONFLICT (user_id) DO UPDATE SET subject = EXCLUDED.subject, hlc = EXCLUDED.hlc,"
-    "   origin = EXCLUDED.origin, origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
-    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+    UPSERT_USER;
 static const char SQL_BULK_MEMBERSHIP[] =
     "INSERT INTO authz.memberships AS t (team_id, user_id, hlc, origin, origin_seq, deleted)"
     " SELECT d.team_id, d.user_id, d.hlc, d.origin, d.origin_seq, d.deleted"
@@ -105,9 +112,7 @@ static const char SQL_BULK_MEMBERSHIP[] =
     "                                      ord)"
     "          ORDER BY r.team_id, r.user_id, r.hlc DESC, r.origin DESC, r.ord) d"
     "  ORDER BY d.ord"
-    " ON CONFLICT (team_id, user_id) DO UPDATE SET hlc = EXCLUDED.hlc, origin = EXCLUDED.origin,"
-    "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
-    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+    UPSERT_MEMBERSHIP;
 static const char SQL_BULK_POLICY[] =
     "INSERT INTO authz.policies AS t (assignment_id, principal_type, principal_id, role_id,"
     "                                 region, resource, permissions, hlc, origin, origin_seq,"
@@ -124,12 +129,7 @@ static const char SQL_BULK_POLICY[] =
     "                                      origin_seq, deleted, ord)"
     "          ORDER BY r.assignment_id, r.hlc DESC, r.origin DESC, r.ord) d"
     "  ORDER BY d.ord"
-    " ON CONFLICT (assignment_id) DO UPDATE SET principal_type = EXCLUDED.principal_type,"
-    "   principal_id = EXCLUDED.principal_id, role_id = EXCLUDED.role_id,"
-    "   region = EXCLUDED.region, resource = EXCLUDED.resource,"
-    "   permissions = EXCLUDED.permissions, hlc = EXCLUDED.hlc, origin = EXCLUDED.origin,"
-    "   origin_seq = EXCLUDED.origin_seq, deleted = EXCLUDED.deleted"
-    " WHERE (t.hlc, t.origin) < (EXCLUDED.hlc, EXCLUDED.origin)";
+    UPSERT_POLICY;
 static const char SQL_DEAD[] =
     "INSERT INTO authz.replication_dead_letters (peer, feed_seq, raw, reason)"
     " VALUES ($1, $2, $3, $4)";

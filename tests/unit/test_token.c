@@ -300,6 +300,26 @@ static int cached_now(af_tokens *t, const char *tok, time_t now)
     return info.cached;
 }
 
+/* A verifier with the SET_ENTRIES cache of SET_SEED, the n tokens of
+ * a[] verified into it (none cached before). */
+static af_tokens *set_cache_filled(const struct fx *f, char **a, size_t n)
+{
+    af_token_config cfg = {0};
+    af_tokens *t = NULL;
+    azc_err e;
+    size_t i;
+
+    cfg.keys_file = f->keys_path;
+    cfg.issuer = ISS;
+    cfg.audience = AUD;
+    cfg.cache_entries = SET_ENTRIES;
+    cfg.cache_seed = SET_SEED;
+    assert_int_equal(af_tokens_new(&cfg, &t, &e), AZC_OK);
+    for (i = 0; i < n; i++)
+        assert_int_equal(cached_now(t, a[i], NOW), 0);
+    return t;
+}
+
 /*
  * Tokens whose hashes share a set: AF_TOKEN_CACHE_WAYS of them stay cached
  * together (a direct-mapped cache would keep one); a new token in a full
@@ -310,21 +330,12 @@ static void test_cache_sets(void **state)
 {
     struct fx *f = *state;
     const size_t ways = AF_TOKEN_CACHE_WAYS;
-    af_token_config cfg = {0};
-    af_tokens *t = NULL;
     size_t set = SIZE_MAX, i;
     char **a = set_tokens(f, ways + 2, NOW + 300, &set);
     char **short_lived = set_tokens(f, 1, NOW + 10, &set);
-    azc_err e;
+    char *fill[AF_TOKEN_CACHE_WAYS];
+    af_tokens *t = set_cache_filled(f, a, ways);
 
-    cfg.keys_file = f->keys_path;
-    cfg.issuer = ISS;
-    cfg.audience = AUD;
-    cfg.cache_entries = SET_ENTRIES;
-    cfg.cache_seed = SET_SEED;
-    assert_int_equal(af_tokens_new(&cfg, &t, &e), AZC_OK);
-    for (i = 0; i < ways; i++)
-        assert_int_equal(cached_now(t, a[i], NOW), 0);
     /* All used but the last: a newcomer takes the last one's way. */
     for (i = 0; i + 1 < ways; i++)
         if (!cached_now(t, a[i], NOW))
@@ -339,11 +350,10 @@ static void test_cache_sets(void **state)
 
     /* A full set, every token used, one of them expired 100 s later
      * (exp NOW + 10, leeway 30): the newcomer takes the expired one's way. */
-    t = NULL;
-    assert_int_equal(af_tokens_new(&cfg, &t, &e), AZC_OK);
-    assert_int_equal(cached_now(t, short_lived[0], NOW), 0);
+    fill[0] = short_lived[0];
     for (i = 1; i < ways; i++)
-        assert_int_equal(cached_now(t, a[i], NOW), 0);
+        fill[i] = a[i];
+    t = set_cache_filled(f, fill, ways);
     assert_int_equal(cached_now(t, short_lived[0], NOW), 1);
     for (i = 1; i < ways; i++)
         assert_int_equal(cached_now(t, a[i], NOW), 1);
@@ -370,21 +380,11 @@ static void test_cache_bad_tokens_evict_nothing(void **state)
 {
     struct fx *f = *state;
     const size_t ways = AF_TOKEN_CACHE_WAYS;
-    af_token_config cfg = {0};
-    af_tokens *t = NULL;
     size_t set = SIZE_MAX, i, bad = 0;
     char **a = set_tokens(f, ways, NOW + 300, &set);
+    af_tokens *t = set_cache_filled(f, a, ways);
     af_token_info info;
     azc_err e;
-
-    cfg.keys_file = f->keys_path;
-    cfg.issuer = ISS;
-    cfg.audience = AUD;
-    cfg.cache_entries = SET_ENTRIES;
-    cfg.cache_seed = SET_SEED;
-    assert_int_equal(af_tokens_new(&cfg, &t, &e), AZC_OK);
-    for (i = 0; i < ways; i++)
-        assert_int_equal(cached_now(t, a[i], NOW), 0);
     /* Unused since inserted but for the first: the ways a newcomer would
      * take first under CLOCK. */
     assert_int_equal(cached_now(t, a[0], NOW), 1);
