@@ -2,6 +2,10 @@
  * GET /v1/policy/snapshot: the live policy set, streamed; with
  * tombstones=1 the deleted rows too (a replicator resynchronising from it
  * must see the deletes, or a stale live row of its own would survive).
+ * With format=ndjson the same answer is framed one JSON object a line
+ * (head, one line per row, an end line with the counts), so a client
+ * loading a very large set parses and applies a row at a time instead of
+ * building one tree of the whole answer.
  *
  * The set is read in one REPEATABLE READ transaction on a connection of
  * its own (the worker's stays free for checks; it is opened without
@@ -45,14 +49,16 @@ static const char SQL_DECLARE_ALL[] =
     "DECLARE snap_policies NO SCROLL CURSOR FOR"
     "  SELECT to_jsonb(t)::text FROM authz.policies t";
 
-/* Constant statements: FETCH takes no parameters. */
+/* Constant statements: FETCH takes no parameters. `kind` is the change
+ * feed's name for a row of the table, which the NDJSON lines reuse. */
 static const struct {
     const char *name;
+    const char *kind;
     const char *fetch;
 } TABLES[] = {
-    { "users", "FETCH 1000 FROM snap_users" },
-    { "memberships", "FETCH 1000 FROM snap_memberships" },
-    { "policies", "FETCH 1000 FROM snap_policies" },
+    { "users", "user", "FETCH 1000 FROM snap_users" },
+    { "memberships", "membership", "FETCH 1000 FROM snap_memberships" },
+    { "policies", "policy", "FETCH 1000 FROM snap_policies" },
 };
 #define NTABLES (sizeof TABLES / sizeof TABLES[0])
 
@@ -63,8 +69,10 @@ typedef struct snap {
     int started;       /* up, past on_db_state: later losses are seen by
                           the query that meets them */
     size_t table;      /* the one being sent; NTABLES when done */
-    int rows_sent;     /* in this table, for the commas */
+    long long sent[NTABLES]; /* rows sent per table: the JSON framing's
+                                commas, the NDJSON end line's counts */
     int tombstones;    /* tombstones=1: deleted rows too */
+    int ndjson;        /* format=ndjson: one JSON object a line */
 } snap;
 
 /* Also gives the snapshot's place back (az_shared.snapshots). */
@@ -79,6 +87,54 @@ static void on_close(azc_http_req *r, void *arg)
 {
     (void)r;
     snap_free(arg);
+}
+
+/*
+ * The framing, the one thing the two formats do not share; each returns
+ * nonzero when the buffer cannot take it.
+ *
+ * One row of table s->table. A row is on one line whatever its content:
+ * the text of a jsonb has no raw newline (one in a string is escaped).
+ */
+static int add_row(snap *s, struct evbuffer *b, const char *row)
+{
+    if (s->ndjson)
+        return evbuffer_add_printf(b, "{\"kind\":\"%s\",\"row\":%s}\n",
+                                   TABLES[s->table].kind, row) < 0;
+    return evbuffer_add_printf(b, "%s%s", s->sent[s->table] > 0 ? "," : "", row) < 0;
+}
+
+/* The table before s->table has been sent whole (s->table is NTABLES
+ * after the last one). NDJSON needs nothing between tables; its end line
+ * is what tells a complete answer from one cut short. */
+static int add_table_end(snap *s, struct evbuffer *b)
+{
+    size_t t;
+    int bad = 0;
+
+    if (!s->ndjson) {
+        if (s->table < NTABLES)
+            return evbuffer_add_printf(b, "],\"%s\":[", TABLES[s->table].name) < 0;
+        return evbuffer_add(b, "]}", 2) != 0;
+    }
+    if (s->table < NTABLES)
+        return 0;
+    bad |= evbuffer_add(b, "{\"end\":{", 8) != 0;
+    for (t = 0; t < NTABLES; t++)
+        bad |= evbuffer_add_printf(b, "%s\"%s\":%lld", t > 0 ? "," : "", TABLES[t].name,
+                                   s->sent[t]) < 0;
+    bad |= evbuffer_add(b, "}}\n", 3) != 0;
+    return bad;
+}
+
+/* The head (`text`, a compact JSON object): in JSON left open for the
+ * tables that follow, in NDJSON a line of its own. */
+static int add_head(snap *s, struct evbuffer *b, const char *text)
+{
+    if (s->ndjson)
+        return evbuffer_add(b, text, strlen(text)) != 0 || evbuffer_add(b, "\n", 1) != 0;
+    return evbuffer_add(b, text, strlen(text) - 1) != 0 ||
+           evbuffer_add_printf(b, ",\"%s\":[", TABLES[0].name) < 0;
 }
 
 /* Sends the next page (or the end of a table, or of the answer). */
@@ -98,18 +154,14 @@ static void on_drain(azc_http_req *r, void *arg)
         goto failed;
     }
     n = PQntuples(res);
-    for (i = 0; i < n; i++) {
-        bad |= evbuffer_add_printf(b, "%s%s", s->rows_sent++ > 0 ? "," : "",
-                                   PQgetvalue(res, i, 0)) < 0;
+    for (i = 0; i < n && !bad; i++) {
+        bad |= add_row(s, b, PQgetvalue(res, i, 0));
+        s->sent[s->table]++;
     }
     PQclear(res);
-    if (n == 0) {
+    if (n == 0 && !bad) {
         s->table++;
-        s->rows_sent = 0;
-        if (s->table < NTABLES)
-            bad |= evbuffer_add_printf(b, "],\"%s\":[", TABLES[s->table].name) < 0;
-        else
-            bad |= evbuffer_add(b, "]}", 2) != 0;
+        bad |= add_table_end(s, b);
     }
     if (bad)
         goto failed;
@@ -123,7 +175,8 @@ static void on_drain(azc_http_req *r, void *arg)
     return;
 failed:
     /* Mid-stream there is no status to change: cutting the stream short
-     * (an unterminated JSON body) is how the client learns of it. */
+     * (an unterminated JSON body, NDJSON without its end line) is how the
+     * client learns of it. */
     if (b != NULL)
         evbuffer_free(b);
     azc_http_reply_end(r);
@@ -161,9 +214,7 @@ static void start(snap *s)
     text = head != NULL ? json_dumps(head, JSON_COMPACT) : NULL;
     json_decref(head);
     b = evbuffer_new();
-    /* The head object, left open for the tables that follow. */
-    if (text == NULL || b == NULL || evbuffer_add(b, text, strlen(text) - 1) != 0 ||
-        evbuffer_add_printf(b, ",\"%s\":[", TABLES[0].name) < 0) {
+    if (text == NULL || b == NULL || add_head(s, b, text) != 0) {
         free(text);
         if (b != NULL)
             evbuffer_free(b);
@@ -172,7 +223,8 @@ static void start(snap *s)
         return;
     }
     free(text);
-    if (azc_http_reply_start(r, 200, "application/json", on_drain, on_close, s) != AZC_OK) {
+    if (azc_http_reply_start(r, 200, s->ndjson ? "application/x-ndjson" : "application/json",
+                             on_drain, on_close, s) != AZC_OK) {
         evbuffer_free(b);
         snap_free(s);
         return;
@@ -213,12 +265,17 @@ void az_snapshot_handler(azc_http_req *r, void *arg)
 {
     az_worker *w = arg;
     const char *tq = azc_http_req_query(r, "tombstones");
+    const char *fq = azc_http_req_query(r, "format");
     azc_pg_link_options o;
     snap *s;
     azc_err e;
 
     if (tq != NULL && strcmp(tq, "0") != 0 && strcmp(tq, "1") != 0) {
         azc_http_reply_error(r, 400, "invalid_request", "tombstones must be 0 or 1");
+        return;
+    }
+    if (fq != NULL && strcmp(fq, "json") != 0 && strcmp(fq, "ndjson") != 0) {
+        azc_http_reply_error(r, 400, "invalid_request", "format must be json or ndjson");
         return;
     }
     if (atomic_fetch_add(&w->sh->snapshots, 1) >= w->sh->set.snapshot_max) {
@@ -240,6 +297,7 @@ void az_snapshot_handler(azc_http_req *r, void *arg)
     s->w = w;
     s->r = r;
     s->tombstones = tq != NULL && strcmp(tq, "1") == 0;
+    s->ndjson = fq != NULL && strcmp(fq, "ndjson") == 0;
     memset(&o, 0, sizeof o);
     o.application_name = "authz-snapshot";
     o.statement_timeout_ms = AZ_STATEMENT_TIMEOUT_MS;

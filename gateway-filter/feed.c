@@ -6,6 +6,15 @@
  * after the commit (or the heartbeat) that caused it, with no request in
  * between, and the filter's denies wait on exactly these watermarks.
  *
+ * The snapshot is asked for as NDJSON (format=ndjson: a head line, one
+ * line per row, an end line with the row counts) and loaded one line at a
+ * time as it arrives (af_index_loader), so a 1,000,000-row snapshot never
+ * exists as one parsed tree (about ten times its text) and its parsing
+ * overlaps its transfer. Nothing is published before the end line has
+ * come with the counts of the rows received; an answer cut short is
+ * dropped whole. A server that answers plain JSON (one without the
+ * format) is parsed whole, as before.
+ *
  * evhttp frees a request after its completion callback, and a connection
  * must not be freed from inside one of its own callbacks; giving up on an
  * answer from a body callback therefore only marks it dead and arms
@@ -41,6 +50,10 @@
 #define APPLY_FAILURES_RELOAD 3   /* bad lines in a row before a snapshot reload */
 
 enum step { STEP_SNAPSHOT, STEP_STREAM };
+enum { SNAP_HEAD, SNAP_ROWS, SNAP_END };
+
+static const char *const SNAP_KINDS[3] = { "user", "membership", "policy" };
+static const char *const SNAP_TABLES[3] = { "users", "memberships", "policies" };
 
 struct af_feed {
     af_feed_opts o;
@@ -55,6 +68,11 @@ struct af_feed {
     int dead;                    /* the answer in flight was given up on */
     int aborting;                /* inside evhttp_connection_free */
     int stream_ok;               /* the stream's headers said 200 NDJSON */
+    int snap_ndjson;             /* the snapshot answer is NDJSON */
+    int snap_state;              /* SNAP_HEAD, SNAP_ROWS, SNAP_END */
+    long long snap_bytes;        /* of the NDJSON snapshot so far */
+    long long snap_rows[3];      /* rows received, per kind */
+    af_index_loader *loader;     /* the NDJSON snapshot being loaded */
     int attempt;                 /* failures in a row, for the backoff */
     int apply_failures;
     char abort_msg[AZC_ERRMSG_MAX];
@@ -109,6 +127,12 @@ static void drop_conn(af_feed *fd)
     fd->in_flight = 0;
     fd->dead = 0;
     fd->stream_ok = 0;
+    fd->snap_ndjson = 0;
+    fd->snap_state = SNAP_HEAD;
+    fd->snap_bytes = 0;
+    memset(fd->snap_rows, 0, sizeof fd->snap_rows);
+    af_index_loader_free(fd->loader);
+    fd->loader = NULL;
     atomic_store(&fd->connected, 0);
     if (fd->body != NULL) /* NULL when af_feed_new failed early */
         (void)evbuffer_drain(fd->body, evbuffer_get_length(fd->body));
@@ -198,6 +222,68 @@ static void stream_line(af_feed *fd, const char *line, size_t n)
     json_decref(body);
 }
 
+/* One whole line of an NDJSON snapshot, without its newline: the head,
+ * a row, or the end with the counts that make the answer complete. */
+static void snapshot_line(af_feed *fd, const char *line, size_t n)
+{
+    json_error_t jerr;
+    json_t *j, *v;
+    azc_err e;
+    char msg[AZC_ERRMSG_MAX + 64];
+    int k;
+
+    if (n == 0 || (n == 1 && line[0] == '\r'))
+        return;
+    if (fd->snap_state == SNAP_END) {
+        give_up(fd, "the snapshot has lines after its end line");
+        return;
+    }
+    j = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (j == NULL || !json_is_object(j)) {
+        snprintf(msg, sizeof msg, "a snapshot line that is not a JSON object: %s",
+                 j == NULL ? jerr.text : "another type");
+        json_decref(j);
+        give_up(fd, msg);
+        return;
+    }
+    if (fd->snap_state == SNAP_HEAD) {
+        if (af_index_loader_new(fd->o.ix, j, &fd->loader, &e) != AZC_OK) {
+            snprintf(msg, sizeof msg, "the snapshot was not loaded: %s", e.msg);
+            give_up(fd, msg);
+        } else
+            fd->snap_state = SNAP_ROWS;
+    } else if ((v = json_object_get(j, "end")) != NULL) {
+        for (k = 0; k < 3; k++) {
+            json_t *c = json_object_get(v, SNAP_TABLES[k]);
+
+            if (!json_is_integer(c) || json_integer_value(c) != fd->snap_rows[k]) {
+                snprintf(msg, sizeof msg,
+                         "the snapshot's end line counts %s %s, %lld were received",
+                         json_is_integer(c) ? "other" : "no", SNAP_TABLES[k],
+                         fd->snap_rows[k]);
+                give_up(fd, msg);
+                break;
+            }
+        }
+        if (k == 3)
+            fd->snap_state = SNAP_END;
+    } else {
+        const char *kind = json_string_value(json_object_get(j, "kind"));
+
+        for (k = 0; k < 3 && (kind == NULL || strcmp(kind, SNAP_KINDS[k]) != 0); k++)
+            ;
+        if (k == 3) {
+            give_up(fd, "a snapshot line with no known kind");
+        } else if (af_index_loader_row(fd->loader, k, json_object_get(j, "row"), &e) !=
+                   AZC_OK) {
+            snprintf(msg, sizeof msg, "the snapshot was not loaded: %s", e.msg);
+            give_up(fd, msg);
+        } else
+            fd->snap_rows[k]++;
+    }
+    json_decref(j);
+}
+
 static int on_headers(struct evhttp_request *req, void *arg)
 {
     af_feed *fd = arg;
@@ -205,6 +291,11 @@ static int on_headers(struct evhttp_request *req, void *arg)
 
     if (fd->dead || evhttp_request_get_response_code(req) != 200)
         return 0;
+    if (fd->step == STEP_SNAPSHOT) {
+        ct = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+        fd->snap_ndjson = ct != NULL && strncmp(ct, NDJSON, sizeof NDJSON - 1) == 0;
+        return 0;
+    }
     if (fd->step == STEP_STREAM) {
         ct = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
         if (ct == NULL || strncmp(ct, NDJSON, sizeof NDJSON - 1) != 0) {
@@ -230,15 +321,28 @@ static void on_chunk(struct evhttp_request *req, void *arg)
         give_up(fd, "cannot buffer the answer");
         return;
     }
-    if (fd->step == STEP_SNAPSHOT) {
+    if (fd->step == STEP_SNAPSHOT && !fd->snap_ndjson) {
         if ((long long)evbuffer_get_length(fd->body) > fd->o.snapshot_max_bytes)
             give_up(fd, "the snapshot is larger than policy.snapshot_max_bytes");
         return;
     }
+    if (fd->step == STEP_SNAPSHOT) {
+        fd->snap_bytes += (long long)evbuffer_get_length(fd->body);
+        if (fd->snap_bytes > fd->o.snapshot_max_bytes) {
+            give_up(fd, "the snapshot is larger than policy.snapshot_max_bytes");
+            return;
+        }
+    }
     while (!fd->dead && (line = evbuffer_readln(fd->body, &n, EVBUFFER_EOL_LF)) != NULL) {
-        stream_line(fd, line, n);
+        if (fd->step == STEP_SNAPSHOT)
+            snapshot_line(fd, line, n);
+        else
+            stream_line(fd, line, n);
         free(line);
     }
+    /* What is left is the start of a line: counted again with the rest. */
+    if (fd->step == STEP_SNAPSHOT)
+        fd->snap_bytes -= (long long)evbuffer_get_length(fd->body);
     if (!fd->dead && evbuffer_get_length(fd->body) > MAX_LINE)
         give_up(fd, "a stream line too long");
 }
@@ -300,6 +404,8 @@ static void release_heap(af_feed *fd)
         trim_now(-1, 0, NULL);
 }
 
+static void snapshot_loaded(af_feed *fd);
+
 static void snapshot_done(af_feed *fd)
 {
     size_t len = evbuffer_get_length(fd->body);
@@ -332,6 +438,12 @@ static void snapshot_done(af_feed *fd)
     }
     json_decref(snap);
     release_heap(fd);
+    snapshot_loaded(fd);
+}
+
+/* The snapshot is the index's state now: on to the stream. */
+static void snapshot_loaded(af_feed *fd)
+{
     atomic_fetch_add(&fd->snapshots, 1);
     atomic_store(&fd->last_line_ms, (int64_t)azc_wall_ms());
     azc_logf(fd->o.log, AZC_LOG_INFO, "filter feed: snapshot loaded at cursor %lld",
@@ -367,6 +479,21 @@ static void on_response(struct evhttp_request *req, void *arg)
         else
             snprintf(msg, sizeof msg, "HTTP %d", code);
         fail(fd, msg);
+        return;
+    }
+    if (fd->step == STEP_SNAPSHOT && fd->snap_ndjson) {
+        int complete = fd->snap_state == SNAP_END && evbuffer_get_length(fd->body) == 0;
+
+        (void)evbuffer_drain(fd->body, evbuffer_get_length(fd->body));
+        if (!complete) {
+            af_index_loader_free(fd->loader);
+            fd->loader = NULL;
+            fail(fd, "the snapshot ended before its end line");
+            return;
+        }
+        af_index_loader_commit(fd->loader);
+        fd->loader = NULL;
+        snapshot_loaded(fd);
         return;
     }
     if (fd->step == STEP_SNAPSHOT) {
@@ -424,7 +551,7 @@ static int request(af_feed *fd, azc_err *e)
     tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
     evhttp_connection_set_timeout_tv(fd->conn, &tv);
     if (fd->step == STEP_SNAPSHOT)
-        snprintf(path, sizeof path, "%s/v1/policy/snapshot", fd->base_url.prefix);
+        snprintf(path, sizeof path, "%s/v1/policy/snapshot?format=ndjson", fd->base_url.prefix);
     else
         snprintf(path, sizeof path, "%s/v1/policy/changes?after=%lld&watermarks=1&stream=1",
                  fd->base_url.prefix, af_index_cursor(fd->o.ix));
@@ -437,7 +564,7 @@ static int request(af_feed *fd, azc_err *e)
     snprintf(auth, sizeof auth, "Bearer %s", fd->token);
     if (evhttp_add_header(h, "Host", hostport) != 0 ||
         evhttp_add_header(h, "Accept",
-                          fd->step == STEP_STREAM ? NDJSON : "application/json") != 0 ||
+                          fd->step == STEP_STREAM ? NDJSON : NDJSON ", application/json") != 0 ||
         (fd->token[0] != '\0' && evhttp_add_header(h, "Authorization", auth) != 0)) {
         evhttp_request_free(req);
         return azc_err_set(e, AZC_ERROR, "cannot set the request headers");

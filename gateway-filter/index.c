@@ -919,60 +919,88 @@ static void publish(af_index *ix, gen *g, garbage *gc, gen *old, int old_whole)
     gc_run(gc, 1);
 }
 
-int af_index_load_snapshot(af_index *ix, const json_t *snap, azc_err *e)
+/* A snapshot being loaded: a generation of its own, private until
+ * commit publishes it. */
+struct af_index_loader {
+    build b;
+    size_t rows[3];     /* per kind, for the error messages */
+};
+
+static const char *const SNAP_KEYS[3] = { "users", "memberships", "policies" };
+
+void af_index_loader_free(af_index_loader *l)
 {
-    static const char *const keys[3] = { "users", "memberships", "policies" };
-    build b = { 0 };
+    if (l == NULL)
+        return;
+    gen_free_all(l->b.g);
+    gc_run(&l->b.gc, 0);
+    free(l);
+}
+
+int af_index_loader_new(af_index *ix, const json_t *head, af_index_loader **out, azc_err *e)
+{
+    af_index_loader *l;
     long long cursor;
     const char *region;
-    size_t k, i;
     int rc, changed = 0;
 
-    if (!json_is_object(snap))
+    *out = NULL;
+    if (!json_is_object(head))
         return azc_err_set(e, AZC_EINVAL, "snapshot is not a JSON object");
-    if (cursor_parse(json_object_get(snap, "cursor"), &cursor) != 0)
+    if (cursor_parse(json_object_get(head, "cursor"), &cursor) != 0)
         return azc_err_set(e, AZC_EINVAL, "snapshot has no valid cursor");
-    region = str_member(snap, "region");
+    region = str_member(head, "region");
     if (region == NULL || strcmp(region, ix->region) != 0)
         return azc_err_set(e, AZC_EINVAL, "snapshot is not of region %s", ix->region);
-    for (k = 0; k < 3; k++)
-        if (!json_is_array(json_object_get(snap, keys[k])))
-            return azc_err_set(e, AZC_EINVAL, "snapshot has no %s array", keys[k]);
-    b.ix = ix;
-    b.born = UINT64_MAX; /* every record of a fresh build is private to it */
-    if ((b.g = calloc(1, sizeof *b.g)) == NULL ||
-        table_init(&b.g->main, MAIN_BUCKETS, b.born) != AZC_OK ||
-        table_init(&b.g->asg, ASG_BUCKETS, b.born) != AZC_OK) {
-        gen_free_all(b.g);
+    if ((l = calloc(1, sizeof *l)) == NULL)
+        return azc_err_set(e, AZC_ENOMEM, "out of memory");
+    l->b.ix = ix;
+    l->b.born = UINT64_MAX; /* every record of a fresh build is private to it */
+    if ((l->b.g = calloc(1, sizeof *l->b.g)) == NULL ||
+        table_init(&l->b.g->main, MAIN_BUCKETS, l->b.born) != AZC_OK ||
+        table_init(&l->b.g->asg, ASG_BUCKETS, l->b.born) != AZC_OK) {
+        af_index_loader_free(l);
         return azc_err_set(e, AZC_ENOMEM, "out of memory");
     }
-    b.g->cursor = cursor;
-    for (k = 0; k < 3; k++) {
-        json_t *row;
-
-        json_array_foreach(json_object_get(snap, keys[k]), i, row) {
-            if (json_is_object(row) && json_is_true(json_object_get(row, "deleted")))
-                continue;
-            if ((rc = apply_row(&b, (int)k, row, e)) != AZC_OK) {
-                char m[AZC_ERRMSG_MAX];
-
-                snprintf(m, sizeof m, "%s", e != NULL ? e->msg : "");
-                gen_free_all(b.g);
-                gc_run(&b.gc, 0);
-                return azc_err_set(e, rc, "snapshot %s[%zu]: %s", keys[k], i, m);
-            }
-        }
-    }
-    if ((rc = apply_watermarks(b.g, json_object_get(snap, "watermarks"), &changed, e)) !=
+    l->b.g->cursor = cursor;
+    /* The head's watermarks belong to exactly the rows that follow (one
+     * snapshot): they are taken now and published with them. */
+    if ((rc = apply_watermarks(l->b.g, json_object_get(head, "watermarks"), &changed, e)) !=
         AZC_OK) {
-        gen_free_all(b.g);
-        gc_run(&b.gc, 0);
+        af_index_loader_free(l);
         return rc;
     }
-    /* From now on everything belongs to published generation; the next
+    *out = l;
+    return AZC_OK;
+}
+
+int af_index_loader_row(af_index_loader *l, int kind, const json_t *row, azc_err *e)
+{
+    char m[AZC_ERRMSG_MAX];
+    size_t i;
+    int rc;
+
+    if (kind < 0 || kind > 2)
+        return azc_err_set(e, AZC_EINVAL, "snapshot row of an unknown kind");
+    i = l->rows[kind]++;
+    if (json_is_object(row) && json_is_true(json_object_get(row, "deleted")))
+        return AZC_OK;
+    if ((rc = apply_row(&l->b, kind, row, e)) != AZC_OK) {
+        snprintf(m, sizeof m, "%s", e != NULL ? e->msg : "");
+        return azc_err_set(e, rc, "snapshot %s[%zu]: %s", SNAP_KEYS[kind], i, m);
+    }
+    return AZC_OK;
+}
+
+void af_index_loader_commit(af_index_loader *l)
+{
+    af_index *ix = l->b.ix;
+    size_t k, i;
+
+    /* From now on everything belongs to a published generation; the next
      * writer must copy, so mark it all as born before it. */
     for (k = 0; k < 2; k++) {
-        table *t = k == 0 ? &b.g->main : &b.g->asg;
+        table *t = k == 0 ? &l->b.g->main : &l->b.g->asg;
 
         t->top_born = 0;
         for (i = 0; i < t->nb; i++) {
@@ -986,7 +1014,34 @@ int af_index_load_snapshot(af_index *ix, const json_t *snap, azc_err *e)
                 bk->s[j].r->born = 0;
         }
     }
-    publish(ix, b.g, &b.gc, ix->cur, 1);
+    publish(ix, l->b.g, &l->b.gc, ix->cur, 1);
+    free(l);
+}
+
+int af_index_load_snapshot(af_index *ix, const json_t *snap, azc_err *e)
+{
+    af_index_loader *l = NULL;
+    size_t k, i;
+    int rc;
+
+    if (!json_is_object(snap))
+        return azc_err_set(e, AZC_EINVAL, "snapshot is not a JSON object");
+    for (k = 0; k < 3; k++)
+        if (!json_is_array(json_object_get(snap, SNAP_KEYS[k])))
+            return azc_err_set(e, AZC_EINVAL, "snapshot has no %s array", SNAP_KEYS[k]);
+    if ((rc = af_index_loader_new(ix, snap, &l, e)) != AZC_OK)
+        return rc;
+    for (k = 0; k < 3; k++) {
+        json_t *row;
+
+        json_array_foreach(json_object_get(snap, SNAP_KEYS[k]), i, row) {
+            if ((rc = af_index_loader_row(l, (int)k, row, e)) != AZC_OK) {
+                af_index_loader_free(l);
+                return rc;
+            }
+        }
+    }
+    af_index_loader_commit(l);
     return AZC_OK;
 }
 

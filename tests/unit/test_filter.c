@@ -41,6 +41,11 @@
 
 /* ---- the fake authz-server ---------------------------------------------- */
 
+/* The fake's answers to format=ndjson: plain JSON (a server without the
+ * format), the whole NDJSON answer, or one spoilt as a cut connection, a
+ * wrong count or an unknown kind would spoil it. */
+enum { NDJ_NO, NDJ_OK, NDJ_NO_END, NDJ_BAD_COUNT, NDJ_BAD_KIND };
+
 struct fake {
     struct event_base *base;
     struct evhttp *http;
@@ -49,11 +54,51 @@ struct fake {
     int port;
     pthread_mutex_t lock;
     char *snapshot;              /* NULL: answer 503 */
+    int ndjson;                  /* NDJ_*: how format=ndjson is answered */
+    atomic_int ndjson_asked;     /* snapshot requests with format=ndjson */
     json_t *lines;               /* queued stream lines (strings) */
     int answer_410;              /* the next stream request gets 410 */
     struct evhttp_request *stream;
     atomic_int snapshots_served, streams_opened;
 };
+
+/* fk->snapshot as the NDJSON lines of authz-server's format=ndjson,
+ * spoilt as fk->ndjson says. */
+static void ndjson_answer(struct fake *fk, struct evbuffer *b)
+{
+    static const char *const tables[3] = { "users", "memberships", "policies" };
+    static const char *const kinds[3] = { "user", "membership", "policy" };
+    json_t *snap = json_loads(fk->snapshot, 0, NULL), *head, *row;
+    char *text;
+    size_t k, i;
+
+    assert_non_null(snap);
+    head = json_pack("{s:O, s:O, s:O}", "region", json_object_get(snap, "region"), "cursor",
+                     json_object_get(snap, "cursor"), "watermarks",
+                     json_object_get(snap, "watermarks"));
+    text = json_dumps(head, JSON_COMPACT);
+    evbuffer_add_printf(b, "%s\n", text);
+    free(text);
+    json_decref(head);
+    for (k = 0; k < 3; k++) {
+        json_array_foreach(json_object_get(snap, tables[k]), i, row) {
+            json_t *l = json_pack("{s:s, s:O}", "kind",
+                                  fk->ndjson == NDJ_BAD_KIND ? "gizmo" : kinds[k], "row", row);
+
+            text = json_dumps(l, JSON_COMPACT);
+            evbuffer_add_printf(b, "%s\n", text);
+            free(text);
+            json_decref(l);
+        }
+    }
+    if (fk->ndjson != NDJ_NO_END)
+        evbuffer_add_printf(b, "{\"end\":{\"users\":%zu,\"memberships\":%zu,\"policies\":%zu}}\n",
+                            json_array_size(json_object_get(snap, "users")) +
+                                (fk->ndjson == NDJ_BAD_COUNT),
+                            json_array_size(json_object_get(snap, "memberships")),
+                            json_array_size(json_object_get(snap, "policies")));
+    json_decref(snap);
+}
 
 static void on_snapshot(struct evhttp_request *req, void *arg)
 {
@@ -64,6 +109,18 @@ static void on_snapshot(struct evhttp_request *req, void *arg)
     if (fk->snapshot == NULL) {
         pthread_mutex_unlock(&fk->lock);
         evhttp_send_reply(req, 503, "Unavailable", NULL);
+        evbuffer_free(b);
+        return;
+    }
+    if (strstr(evhttp_request_get_uri(req), "format=ndjson") != NULL)
+        atomic_fetch_add(&fk->ndjson_asked, 1);
+    if (fk->ndjson != NDJ_NO && strstr(evhttp_request_get_uri(req), "format=ndjson") != NULL) {
+        ndjson_answer(fk, b);
+        pthread_mutex_unlock(&fk->lock);
+        atomic_fetch_add(&fk->snapshots_served, 1);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                          "application/x-ndjson");
+        evhttp_send_reply(req, 200, "OK", b);
         evbuffer_free(b);
         return;
     }
@@ -271,6 +328,7 @@ struct fixture {
     unsigned char *key;
     size_t key_len;
     char conf[128];
+    int mark;                   /* a count to wait beyond */
 };
 
 static void write_text(const char *path, const char *text)
@@ -610,6 +668,56 @@ static void test_waiters_cap(void **state)
     free(bob);
 }
 
+static void fake_set_ndjson(struct fake *fk, int mode)
+{
+    pthread_mutex_lock(&fk->lock);
+    fk->ndjson = mode;
+    pthread_mutex_unlock(&fk->lock);
+}
+
+static int served_two_more(struct fixture *fx)
+{
+    return atomic_load(&fx->fk->snapshots_served) >= fx->mark + 2;
+}
+
+/*
+ * The filter asks for the snapshot as NDJSON and loads it line by line:
+ * an answer cut before its end line, one whose end line counts other
+ * rows, or one with a row of no known kind loads nothing (still no
+ * policy, the snapshot asked for again); the whole answer loads. A server
+ * that answers plain JSON (NDJ_NO, every other test) is loaded too.
+ */
+static void test_snapshot_ndjson(void **state)
+{
+    struct fixture *fx = *state;
+    static const int spoilt[] = { NDJ_NO_END, NDJ_BAD_COUNT, NDJ_BAD_KIND };
+    af_decision d;
+    char *alice = token_for(fx, "alice", 600);
+    size_t i;
+
+    fake_set_snapshot(fx->fk, snapshot(10, marks(0, 0, 0), base_users(), json_array(),
+                                       json_pack("[o]", policy_row("a1", "user", U_ALICE,
+                                                                   "runtime_groups/rg1", "us", 0))));
+    open_filter(fx, "", 30000);
+    for (i = 0; i < sizeof spoilt / sizeof spoilt[0]; i++) {
+        fx->mark = atomic_load(&fx->fk->snapshots_served);
+        fake_set_ndjson(fx->fk, spoilt[i]);
+        wait_for(served_two_more, fx, "the spoilt snapshot asked for again");
+        assert_false(af_ready(fx->f));
+        decide(fx, alice, "/runtime-groups/rg1", NULL, 0, &d);
+        assert_int_equal(d.outcome, AF_UNAVAILABLE);
+    }
+    assert_true(atomic_load(&fx->fk->ndjson_asked) >= 6);
+    fake_set_ndjson(fx->fk, NDJ_OK);
+    wait_for(loaded, fx, "the NDJSON snapshot loaded");
+    decide(fx, alice, "/runtime-groups/rg1", NULL, 0, &d);
+    assert_int_equal(d.outcome, AF_ALLOW);
+    assert_string_equal(d.origin, "us");
+    decide(fx, alice, "/runtime-groups/rg2", NULL, (int64_t)azc_wall_ms() - 5000, &d);
+    assert_int_equal(d.outcome, AF_DENY);
+    free(alice);
+}
+
 static int streams_two(struct fixture *fx)
 {
     return atomic_load(&fx->fk->streams_opened) >= 2;
@@ -680,6 +788,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stale_origin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waiters_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_line_and_410, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_ndjson, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
