@@ -173,24 +173,36 @@ static void reload_snapshot(af_feed *fd, const char *why)
     fd->step = STEP_SNAPSHOT;
 }
 
+/* A line of the stream or of an NDJSON snapshot (`what`) as the JSON
+ * object it must be (the caller owns it), or NULL after giving up on the
+ * answer. */
+static json_t *line_object(af_feed *fd, const char *line, size_t n, const char *what)
+{
+    json_error_t jerr;
+    json_t *j = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
+    char msg[AZC_ERRMSG_MAX + 64];
+
+    if (j == NULL || !json_is_object(j)) {
+        snprintf(msg, sizeof msg, "a %s line that is not a JSON object: %s", what,
+                 j == NULL ? jerr.text : "another type");
+        json_decref(j);
+        give_up(fd, msg);
+        return NULL;
+    }
+    return j;
+}
+
 /* One whole line of the stream, without its newline. */
 static void stream_line(af_feed *fd, const char *line, size_t n)
 {
-    json_error_t jerr;
     json_t *body, *err, *changes;
     azc_err e;
     char msg[AZC_ERRMSG_MAX + 64];
 
     if (n == 0 || (n == 1 && line[0] == '\r'))
         return; /* keep-alive */
-    body = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
-    if (body == NULL || !json_is_object(body)) {
-        snprintf(msg, sizeof msg, "a stream line that is not a JSON object: %s",
-                 body == NULL ? jerr.text : "another type");
-        json_decref(body);
-        give_up(fd, msg);
+    if ((body = line_object(fd, line, n, "stream")) == NULL)
         return;
-    }
     if ((err = json_object_get(body, "error")) != NULL) {
         const char *code = json_string_value(json_object_get(err, "code"));
 
@@ -226,7 +238,6 @@ static void stream_line(af_feed *fd, const char *line, size_t n)
  * a row, or the end with the counts that make the answer complete. */
 static void snapshot_line(af_feed *fd, const char *line, size_t n)
 {
-    json_error_t jerr;
     json_t *j, *v;
     azc_err e;
     char msg[AZC_ERRMSG_MAX + 64];
@@ -238,14 +249,8 @@ static void snapshot_line(af_feed *fd, const char *line, size_t n)
         give_up(fd, "the snapshot has lines after its end line");
         return;
     }
-    j = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
-    if (j == NULL || !json_is_object(j)) {
-        snprintf(msg, sizeof msg, "a snapshot line that is not a JSON object: %s",
-                 j == NULL ? jerr.text : "another type");
-        json_decref(j);
-        give_up(fd, msg);
+    if ((j = line_object(fd, line, n, "snapshot")) == NULL)
         return;
-    }
     if (fd->snap_state == SNAP_HEAD) {
         if (af_index_loader_new(fd->o.ix, j, &fd->loader, &e) != AZC_OK) {
             snprintf(msg, sizeof msg, "the snapshot was not loaded: %s", e.msg);
