@@ -52,9 +52,6 @@
 enum step { STEP_SNAPSHOT, STEP_STREAM };
 enum { SNAP_HEAD, SNAP_ROWS, SNAP_END };
 
-static const char *const SNAP_KINDS[3] = { "user", "membership", "policy" };
-static const char *const SNAP_TABLES[3] = { "users", "memberships", "policies" };
-
 struct af_feed {
     af_feed_opts o;
     char *url, *token_file;
@@ -71,7 +68,7 @@ struct af_feed {
     int snap_ndjson;             /* the snapshot answer is NDJSON */
     int snap_state;              /* SNAP_HEAD, SNAP_ROWS, SNAP_END */
     long long snap_bytes;        /* of the NDJSON snapshot so far */
-    long long snap_rows[3];      /* rows received, per kind */
+    json_t *snap_end;            /* its end line's row counts */
     af_index_loader *loader;     /* the NDJSON snapshot being loaded */
     int attempt;                 /* failures in a row, for the backoff */
     int apply_failures;
@@ -130,7 +127,8 @@ static void drop_conn(af_feed *fd)
     fd->snap_ndjson = 0;
     fd->snap_state = SNAP_HEAD;
     fd->snap_bytes = 0;
-    memset(fd->snap_rows, 0, sizeof fd->snap_rows);
+    json_decref(fd->snap_end);
+    fd->snap_end = NULL;
     af_index_loader_free(fd->loader);
     fd->loader = NULL;
     atomic_store(&fd->connected, 0);
@@ -241,7 +239,6 @@ static void snapshot_line(af_feed *fd, const char *line, size_t n)
     json_t *j, *v;
     azc_err e;
     char msg[AZC_ERRMSG_MAX + 64];
-    int k;
 
     if (n == 0 || (n == 1 && line[0] == '\r'))
         return;
@@ -258,33 +255,13 @@ static void snapshot_line(af_feed *fd, const char *line, size_t n)
         } else
             fd->snap_state = SNAP_ROWS;
     } else if ((v = json_object_get(j, "end")) != NULL) {
-        for (k = 0; k < 3; k++) {
-            json_t *c = json_object_get(v, SNAP_TABLES[k]);
-
-            if (!json_is_integer(c) || json_integer_value(c) != fd->snap_rows[k]) {
-                snprintf(msg, sizeof msg,
-                         "the snapshot's end line counts %s %s, %lld were received",
-                         json_is_integer(c) ? "other" : "no", SNAP_TABLES[k],
-                         fd->snap_rows[k]);
-                give_up(fd, msg);
-                break;
-            }
-        }
-        if (k == 3)
-            fd->snap_state = SNAP_END;
-    } else {
-        const char *kind = json_string_value(json_object_get(j, "kind"));
-
-        for (k = 0; k < 3 && (kind == NULL || strcmp(kind, SNAP_KINDS[k]) != 0); k++)
-            ;
-        if (k == 3) {
-            give_up(fd, "a snapshot line with no known kind");
-        } else if (af_index_loader_row(fd->loader, k, json_object_get(j, "row"), &e) !=
-                   AZC_OK) {
-            snprintf(msg, sizeof msg, "the snapshot was not loaded: %s", e.msg);
-            give_up(fd, msg);
-        } else
-            fd->snap_rows[k]++;
+        /* Checked against the rows received when the answer ends. */
+        fd->snap_end = json_incref(v);
+        fd->snap_state = SNAP_END;
+    } else if (af_index_loader_row(fd->loader, json_string_value(json_object_get(j, "kind")),
+                                   json_object_get(j, "row"), &e) != AZC_OK) {
+        snprintf(msg, sizeof msg, "the snapshot was not loaded: %s", e.msg);
+        give_up(fd, msg);
     }
     json_decref(j);
 }
@@ -488,6 +465,7 @@ static void on_response(struct evhttp_request *req, void *arg)
     }
     if (fd->step == STEP_SNAPSHOT && fd->snap_ndjson) {
         int complete = fd->snap_state == SNAP_END && evbuffer_get_length(fd->body) == 0;
+        azc_err e;
 
         (void)evbuffer_drain(fd->body, evbuffer_get_length(fd->body));
         if (!complete) {
@@ -496,7 +474,15 @@ static void on_response(struct evhttp_request *req, void *arg)
             fail(fd, "the snapshot ended before its end line");
             return;
         }
-        af_index_loader_commit(fd->loader);
+        if (af_index_loader_commit(fd->loader, fd->snap_end, &e) != AZC_OK) {
+            char m[AZC_ERRMSG_MAX + 32];
+
+            af_index_loader_free(fd->loader);
+            fd->loader = NULL;
+            snprintf(m, sizeof m, "the snapshot was not loaded: %s", e.msg);
+            fail(fd, m);
+            return;
+        }
         fd->loader = NULL;
         snapshot_loaded(fd);
         return;

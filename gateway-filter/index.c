@@ -974,7 +974,11 @@ int af_index_loader_new(af_index *ix, const json_t *head, af_index_loader **out,
     return AZC_OK;
 }
 
-int af_index_loader_row(af_index_loader *l, int kind, const json_t *row, azc_err *e)
+static int kind_parse(const char *s);
+
+/* Rows of kind k of a snapshot array (kind -1: of the kind named by a
+ * change-feed "kind" string). */
+static int loader_add(af_index_loader *l, int kind, const json_t *row, azc_err *e)
 {
     char m[AZC_ERRMSG_MAX];
     size_t i;
@@ -992,10 +996,23 @@ int af_index_loader_row(af_index_loader *l, int kind, const json_t *row, azc_err
     return AZC_OK;
 }
 
-void af_index_loader_commit(af_index_loader *l)
+int af_index_loader_row(af_index_loader *l, const char *kind, const json_t *row, azc_err *e)
+{
+    return loader_add(l, kind_parse(kind), row, e);
+}
+
+int af_index_loader_commit(af_index_loader *l, const json_t *counts, azc_err *e)
 {
     af_index *ix = l->b.ix;
     size_t k, i;
+
+    for (k = 0; counts != NULL && k < 3; k++) {
+        json_t *c = json_object_get(counts, SNAP_KEYS[k]);
+
+        if (!json_is_integer(c) || json_integer_value(c) != (json_int_t)l->rows[k])
+            return azc_err_set(e, AZC_EINVAL, "the snapshot counts %s %s, %zu were received",
+                               json_is_integer(c) ? "other" : "no", SNAP_KEYS[k], l->rows[k]);
+    }
 
     /* From now on everything belongs to a published generation; the next
      * writer must copy, so mark it all as born before it. */
@@ -1016,6 +1033,7 @@ void af_index_loader_commit(af_index_loader *l)
     }
     publish(ix, l->b.g, &l->b.gc, ix->cur, 1);
     free(l);
+    return AZC_OK;
 }
 
 int af_index_load_snapshot(af_index *ix, const json_t *snap, azc_err *e)
@@ -1035,20 +1053,20 @@ int af_index_load_snapshot(af_index *ix, const json_t *snap, azc_err *e)
         json_t *row;
 
         json_array_foreach(json_object_get(snap, SNAP_KEYS[k]), i, row) {
-            if ((rc = af_index_loader_row(l, (int)k, row, e)) != AZC_OK) {
+            if ((rc = loader_add(l, (int)k, row, e)) != AZC_OK) {
                 af_index_loader_free(l);
                 return rc;
             }
         }
     }
-    af_index_loader_commit(l);
-    return AZC_OK;
+    return af_index_loader_commit(l, NULL, e);
 }
 
-static int kind_parse(const json_t *v)
+/* A change-feed kind name (NULL: none) as KIND_*, -1 when unknown. */
+static int kind_parse(const char *s)
 {
-    const char *s = json_is_string(v) ? json_string_value(v) : "";
-
+    if (s == NULL)
+        return -1;
     if (strcmp(s, "user") == 0)
         return KIND_USER;
     if (strcmp(s, "membership") == 0)
@@ -1085,7 +1103,7 @@ int af_index_apply(af_index *ix, const json_t *answer, azc_err *e)
             return azc_err_set(e, AZC_EINVAL, "changes[%zu]: seq %lld is not above %lld", i,
                                (long long)json_integer_value(seq), last);
         last = json_integer_value(seq);
-        if (kind_parse(json_object_get(ch, "kind")) < 0)
+        if (kind_parse(json_string_value(json_object_get(ch, "kind"))) < 0)
             return azc_err_set(e, AZC_EINVAL, "changes[%zu]: unknown kind", i);
         if (json_object_get(ch, "row") == NULL)
             return azc_err_set(e, AZC_EINVAL, "changes[%zu]: change has no row", i);
@@ -1103,7 +1121,7 @@ int af_index_apply(af_index *ix, const json_t *answer, azc_err *e)
         AZC_OK)
         goto fail;
     json_array_foreach(changes, i, ch) {
-        if ((rc = apply_row(&b, kind_parse(json_object_get(ch, "kind")),
+        if ((rc = apply_row(&b, kind_parse(json_string_value(json_object_get(ch, "kind"))),
                             json_object_get(ch, "row"), e)) != AZC_OK) {
             char m[AZC_ERRMSG_MAX];
 

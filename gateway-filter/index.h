@@ -62,19 +62,21 @@ int af_index_load_snapshot(af_index *ix, const json_t *snapshot, azc_err *e) AZC
 /*
  * The same load one row at a time, for a snapshot read as it arrives
  * (format=ndjson) instead of parsed whole: _new takes the head ({"region",
- * "cursor", "watermarks"}), _row each row of kind 0 (user), 1
- * (membership) or 2 (policy), in any order, _commit publishes the whole
- * (and frees the loader). Until then readers see the previous state; a
- * failed row leaves the loader usable only for _free, which drops
- * everything it built. The loader (owned by the caller until _commit or
- * _free) belongs to the writer thread.
+ * "cursor", "watermarks"}), _row each row with its change-feed kind
+ * ("user", "membership" or "policy"), in any order, and _commit publishes
+ * the whole and frees the loader, once the rows received match `counts`
+ * ({"users": U, "memberships": M, "policies": P}, the NDJSON end line;
+ * NULL: not checked). Until then readers see the previous state; after a
+ * failed _row or _commit the loader is good only for _free, which drops
+ * everything it built. The loader (owned by the caller until a successful
+ * _commit, or _free) belongs to the writer thread.
  */
 typedef struct af_index_loader af_index_loader;
 int af_index_loader_new(af_index *ix, const json_t *head, af_index_loader **out,
                         azc_err *e) AZC_WARN_UNUSED;
-int af_index_loader_row(af_index_loader *l, int kind, const json_t *row,
+int af_index_loader_row(af_index_loader *l, const char *kind, const json_t *row,
                         azc_err *e) AZC_WARN_UNUSED;
-void af_index_loader_commit(af_index_loader *l);
+int af_index_loader_commit(af_index_loader *l, const json_t *counts, azc_err *e) AZC_WARN_UNUSED;
 void af_index_loader_free(af_index_loader *l);
 
 /*
