@@ -57,7 +57,7 @@ static const char SQL_STATUS[] =
     "          'source', source)),"
     "          '{}')::text FROM authz.watermarks),"
     "       (SELECT count(*) FROM authz.dead_letters),"
-    "       last_seq, pruned_through FROM authz.feed_state";
+    "       authz.feed_last_seq(), pruned_through FROM authz.feed_state";
 
 /* ---- POST /v1/check ------------------------------------------------------ */
 

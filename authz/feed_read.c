@@ -16,7 +16,7 @@
 #include "common/pg.h"
 
 static const char SQL_CHANGES[] =
-    "SELECT f.last_seq, f.pruned_through,"
+    "SELECT authz.feed_last_seq(), f.pruned_through,"
     "  (SELECT coalesce(json_agg(json_build_object('seq', c.seq, 'kind', c.kind, 'row', c.row)"
     "                            ORDER BY c.seq), '[]')::text"
     "     FROM (SELECT seq, kind, row FROM authz.changes WHERE seq > $1::bigint"

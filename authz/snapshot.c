@@ -30,7 +30,7 @@
 
 static const char SQL_BEGIN[] = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 static const char SQL_HEAD[] =
-    "SELECT last_seq::text,"
+    "SELECT authz.feed_last_seq()::text,"
     "  (SELECT coalesce(json_object_agg(origin, json_build_object("
     "            'applied', applied_hlc, 'known', known_hlc)), '{}')::text FROM authz.watermarks)"
     " FROM authz.feed_state";

@@ -19,12 +19,12 @@ static const char SQL_WATERMARKS[] =
 /* Keeps the newest $1 feed rows, removing at most $2 of the older ones:
  * pruned_through moves up by at most $2, and seqs are distinct integers,
  * so one run deletes at most $2 rows however far behind pruning is (more
- * ticks finish the job). One statement: the feed_state row lock, taken
- * first as by every append, orders it with concurrent appends. */
+ * ticks finish the job). One statement, one snapshot: the head it reads
+ * is committed, and an append in progress takes seqs above it. */
 static const char SQL_PRUNE[] =
     "WITH p AS (UPDATE authz.feed_state"
     "              SET pruned_through = greatest(pruned_through,"
-    "                                            least(last_seq - $1::bigint,"
+    "                                            least(authz.feed_last_seq() - $1::bigint,"
     "                                                  pruned_through + $2::bigint))"
     "            RETURNING pruned_through)"
     " DELETE FROM authz.changes WHERE seq <= (SELECT pruned_through FROM p)";

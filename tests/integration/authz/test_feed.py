@@ -208,7 +208,7 @@ def add_users(server, n):
 
 
 def head(server):
-    return int(server.sql("SELECT last_seq FROM authz.feed_state"))
+    return int(server.sql("SELECT authz.feed_last_seq()"))
 
 
 def test_many_waiters_share_one_read(quiet):
@@ -707,3 +707,47 @@ def test_stream_cursor_pruned_and_shutdown(cluster, workdir):
         live.close()
     finally:
         srv.stop()
+
+
+def feed_seqs(server, after):
+    out = server.sql(f"SELECT seq FROM authz.changes WHERE seq > {after} ORDER BY seq")
+    return [int(x) for x in out.split()]
+
+
+def test_seqs_count_on_from_the_head(quiet):
+    """Seqs are the head's successors (sql/authz/007_feed_head.sql): one
+    transaction's rows are consecutive, a feed pruned down to nothing goes
+    on above what it pruned, and the rows of a rolled-back subtransaction
+    give their seqs back."""
+    cur = head(quiet)
+    add_users(quiet, 5)
+    assert feed_seqs(quiet, cur) == list(range(cur + 1, cur + 6))
+    assert head(quiet) == cur + 5
+    # Every row removed, the way an operator would (under the feed's lock).
+    quiet.sql("BEGIN; SELECT pg_advisory_xact_lock(hashtext('authz.changes'));"
+              " UPDATE authz.feed_state SET pruned_through = authz.feed_last_seq();"
+              " DELETE FROM authz.changes; COMMIT;")
+    assert quiet.sql("SELECT count(*) FROM authz.changes") == "0"
+    assert head(quiet) == cur + 5
+    add_users(quiet, 2)
+    assert feed_seqs(quiet, 0) == [cur + 6, cur + 7]
+    r = quiet.get("/v1/policy/changes", params={"after": cur + 5})
+    assert r.status_code == 200, r.text
+    assert [c["seq"] for c in r.json()["changes"]] == [cur + 6, cur + 7]
+    # The deferred triggers forced to run inside a savepoint that is then
+    # rolled back: they run again at COMMIT and the seqs have no gap.
+    quiet.sql("BEGIN;"
+              " INSERT INTO authz.users (user_id, subject, hlc, origin, origin_seq)"
+              "   VALUES (gen_random_uuid(), 'sub1', 1, 'zz', 1);"
+              " SAVEPOINT a;"
+              " INSERT INTO authz.users (user_id, subject, hlc, origin, origin_seq)"
+              "   VALUES (gen_random_uuid(), 'sub2', 1, 'zz', 2);"
+              " SET CONSTRAINTS ALL IMMEDIATE;"
+              " ROLLBACK TO a;"
+              " INSERT INTO authz.users (user_id, subject, hlc, origin, origin_seq)"
+              "   VALUES (gen_random_uuid(), 'sub3', 1, 'zz', 3);"
+              " COMMIT;")
+    assert feed_seqs(quiet, cur + 7) == [cur + 8, cur + 9]
+    subjects = quiet.sql(f"SELECT row->>'subject' FROM authz.changes WHERE seq > {cur + 7}"
+                         " ORDER BY seq").split()
+    assert subjects == ["sub1", "sub3"]

@@ -534,8 +534,8 @@ def test_revoked_grant_not_resurrected_after_resync(lc):
         # (under the feed's lock, so no commit slips in between).
         for p in (us, eu):
             p.sql("BEGIN; SELECT pg_advisory_xact_lock(hashtext('authz.changes'));"
-                  " UPDATE authz.feed_state SET pruned_through = last_seq;"
-                  " DELETE FROM authz.changes WHERE seq <= (SELECT last_seq FROM authz.feed_state);"
+                  " UPDATE authz.feed_state SET pruned_through = authz.feed_last_seq();"
+                  " DELETE FROM authz.changes WHERE seq <= (SELECT pruned_through FROM authz.feed_state);"
                   " COMMIT;")
             cur = int(ap.sql(f"SELECT cursor FROM authz.replication_cursors WHERE peer = '{p.name}'"))
             assert int(p.sql("SELECT pruned_through FROM authz.feed_state")) > cur, p.name
