@@ -8,9 +8,10 @@
  *
  * The snapshot is asked for as NDJSON (format=ndjson: a head line, one
  * line per row, an end line with the row counts) and loaded one line at a
- * time as it arrives (af_index_loader), so a 1,000,000-row snapshot never
- * exists as one parsed tree (about ten times its text) and its parsing
- * overlaps its transfer. Nothing is published before the end line has
+ * time as it arrives, so a 1,000,000-row snapshot never exists as one
+ * parsed tree (about ten times its text): this thread reads and parses
+ * the lines, a loading thread builds the index from them (snapload.h),
+ * so transfer, parsing and loading overlap. Nothing is published before the end line has
  * come with the counts of the rows received; an answer cut short is
  * dropped whole. A server that answers plain JSON (one without the
  * format) is parsed whole, as before.
@@ -42,6 +43,7 @@
 
 #include "common/hlc.h"
 #include "common/url.h"
+#include "gateway-filter/snapload.h"
 
 #define NDJSON "application/x-ndjson"
 #define TOKEN_MAX 8192
@@ -69,7 +71,7 @@ struct af_feed {
     int snap_state;              /* SNAP_HEAD, SNAP_ROWS, SNAP_END */
     long long snap_bytes;        /* of the NDJSON snapshot so far */
     json_t *snap_end;            /* its end line's row counts */
-    af_index_loader *loader;     /* the NDJSON snapshot being loaded */
+    af_snapload *loader;         /* the NDJSON snapshot being loaded */
     int attempt;                 /* failures in a row, for the backoff */
     int apply_failures;
     char abort_msg[AZC_ERRMSG_MAX];
@@ -129,7 +131,7 @@ static void drop_conn(af_feed *fd)
     fd->snap_bytes = 0;
     json_decref(fd->snap_end);
     fd->snap_end = NULL;
-    af_index_loader_free(fd->loader);
+    af_snapload_free(fd->loader);
     fd->loader = NULL;
     atomic_store(&fd->connected, 0);
     if (fd->body != NULL) /* NULL when af_feed_new failed early */
@@ -249,7 +251,7 @@ static void snapshot_line(af_feed *fd, const char *line, size_t n)
     if ((j = line_object(fd, line, n, "snapshot")) == NULL)
         return;
     if (fd->snap_state == SNAP_HEAD) {
-        if (af_index_loader_new(fd->o.ix, j, &fd->loader, &e) != AZC_OK) {
+        if (af_snapload_new(fd->o.ix, j, &fd->loader, &e) != AZC_OK) {
             snprintf(msg, sizeof msg, "the snapshot was not loaded: %s", e.msg);
             give_up(fd, msg);
         } else
@@ -258,10 +260,13 @@ static void snapshot_line(af_feed *fd, const char *line, size_t n)
         /* Checked against the rows received when the answer ends. */
         fd->snap_end = json_incref(v);
         fd->snap_state = SNAP_END;
-    } else if (af_index_loader_row(fd->loader, json_string_value(json_object_get(j, "kind")),
-                                   json_object_get(j, "row"), &e) != AZC_OK) {
-        snprintf(msg, sizeof msg, "the snapshot was not loaded: %s", e.msg);
-        give_up(fd, msg);
+    } else {
+        /* The loader takes the line (and frees it). */
+        if (af_snapload_row(fd->loader, j, &e) != AZC_OK) {
+            snprintf(msg, sizeof msg, "the snapshot was not loaded: %s", e.msg);
+            give_up(fd, msg);
+        }
+        return;
     }
     json_decref(j);
 }
@@ -469,15 +474,15 @@ static void on_response(struct evhttp_request *req, void *arg)
 
         (void)evbuffer_drain(fd->body, evbuffer_get_length(fd->body));
         if (!complete) {
-            af_index_loader_free(fd->loader);
+            af_snapload_free(fd->loader);
             fd->loader = NULL;
             fail(fd, "the snapshot ended before its end line");
             return;
         }
-        if (af_index_loader_commit(fd->loader, fd->snap_end, &e) != AZC_OK) {
+        if (af_snapload_commit(fd->loader, fd->snap_end, &e) != AZC_OK) {
             char m[AZC_ERRMSG_MAX + 32];
 
-            af_index_loader_free(fd->loader);
+            af_snapload_free(fd->loader);
             fd->loader = NULL;
             snprintf(m, sizeof m, "the snapshot was not loaded: %s", e.msg);
             fail(fd, m);
