@@ -11,9 +11,9 @@
  * time as it arrives, so a 1,000,000-row snapshot never exists as one
  * parsed tree (about ten times its text): this thread reads and parses
  * the lines, a loading thread builds the index from them (snapload.h),
- * so transfer, parsing and loading overlap. Nothing is published before the end line has
- * come with the counts of the rows received; an answer cut short is
- * dropped whole. A server that answers plain JSON (one without the
+ * so transfer, parsing and loading overlap. Nothing is published before
+ * the end line has come with the counts of the rows received; an answer
+ * cut short is dropped whole. A server that answers plain JSON (one without the
  * format) is parsed whole, as before.
  *
  * evhttp frees a request after its completion callback, and a connection
