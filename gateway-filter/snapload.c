@@ -123,27 +123,23 @@ int af_snapload_new(af_index *ix, const json_t *head, af_snapload **out, azc_err
         free(s);
         return rc;
     }
-    if (pthread_mutex_init(&s->mu, NULL) != 0) {
-        af_index_loader_free(s->loader);
-        free(s);
-        return azc_err_set(e, AZC_ERROR, "snapshot load: mutex init failed");
-    }
-    if (pthread_cond_init(&s->can_put, NULL) != 0) {
-        pthread_mutex_destroy(&s->mu);
-        af_index_loader_free(s->loader);
-        free(s);
-        return azc_err_set(e, AZC_ERROR, "snapshot load: condition init failed");
-    }
-    if (pthread_cond_init(&s->can_take, NULL) != 0) {
-        pthread_cond_destroy(&s->can_put);
-        pthread_mutex_destroy(&s->mu);
-        af_index_loader_free(s->loader);
-        free(s);
-        return azc_err_set(e, AZC_ERROR, "snapshot load: condition init failed");
-    }
+    if (pthread_mutex_init(&s->mu, NULL) != 0)
+        goto no_mutex;
+    if (pthread_cond_init(&s->can_put, NULL) != 0)
+        goto no_put;
+    if (pthread_cond_init(&s->can_take, NULL) != 0)
+        goto no_take;
     s->threaded = pthread_create(&s->th, NULL, load_main, s) == 0;
     *out = s;
     return AZC_OK;
+no_take:
+    pthread_cond_destroy(&s->can_put);
+no_put:
+    pthread_mutex_destroy(&s->mu);
+no_mutex:
+    af_index_loader_free(s->loader);
+    free(s);
+    return azc_err_set(e, AZC_ERROR, "snapshot load: cannot initialise its lock");
 }
 
 /* Frees the batches the loading thread has given back, outside the lock. */
