@@ -21,9 +21,14 @@
  * the old generation. The writer blocks for one grace period per answer
  * (a few a second), readers never do.
  *
- * A user or team record carries flat entries, one per (assignment,
- * permission), each holding the permission's and the resource's hash, so
- * a check scans integers; a hash match is confirmed on the real strings
+ * A user or team record carries entries, one per (assignment,
+ * permission), each holding the permission's and the resource's hash, in
+ * a small open-addressed table keyed by the resource's hash. A request can
+ * only be granted on its resource, its type's wildcard or "*", so a check
+ * probes three short runs of slots per record instead of reading every
+ * entry: a team with 40 assignments costs three cache lines, not fifteen,
+ * and a deny (which reads everything a scan would) costs the same as an
+ * allow. A hash match is confirmed on the real strings
  * (azc_permission_grants, azc_resource_covers), so a collision can never
  * allow.
  */
@@ -229,11 +234,12 @@ rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t bo
             n->nteams++;
         }
     }
-    if (r->nent > 0) {
-        if ((n->ents = malloc(r->nent * sizeof *n->ents)) == NULL)
+    if (r->entcap > 0) {
+        if ((n->ents = malloc(r->entcap * sizeof *n->ents)) == NULL)
             goto fail;
-        memcpy(n->ents, r->ents, r->nent * sizeof *n->ents);
+        memcpy(n->ents, r->ents, r->entcap * sizeof *n->ents);
         n->nent = r->nent;
+        n->entcap = r->entcap;
     }
     if (r->nusers > 0) {
         if ((n->users = calloc(r->nusers, sizeof *n->users)) == NULL)
@@ -249,6 +255,73 @@ rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t bo
 fail:
     af__rec_free(n);
     return NULL;
+}
+
+/* ---- a record's entry table (writer side) ---- */
+
+static void ents_put(ent *t, size_t cap, const ent *en)
+{
+    size_t i = (size_t)en->res_h & (cap - 1);
+
+    while (t[i].a != NULL)
+        i = (i + 1) & (cap - 1);
+    t[i] = *en;
+}
+
+/* Moves r's entries for which keep() holds into a fresh table sized for
+ * `want` entries (none: no table). */
+static int ents_rebuild(rec *r, size_t want, const asg *drop)
+{
+    size_t cap = 0, i, n = 0;
+    ent *t = NULL;
+
+    if (want > 0) {
+        for (cap = 4; cap * ENT_LOAD_PCT < want * 100; cap *= 2)
+            ;
+        if ((t = calloc(cap, sizeof *t)) == NULL)
+            return AZC_ENOMEM;
+    }
+    for (i = 0; i < r->entcap; i++)
+        if (r->ents[i].a != NULL && r->ents[i].a != drop) {
+            ents_put(t, cap, &r->ents[i]);
+            n++;
+        }
+    free(r->ents);
+    r->ents = t;
+    r->entcap = cap;
+    r->nent = n;
+    return AZC_OK;
+}
+
+/* Adds a's entries (one per permission) to a writable record. */
+int af__ents_add(rec *r, const asg *a)
+{
+    size_t i;
+
+    if ((r->nent + a->nperm) * 100 > r->entcap * ENT_LOAD_PCT &&
+        ents_rebuild(r, (r->nent + a->nperm) * 2, NULL) != AZC_OK)
+        return AZC_ENOMEM;
+    for (i = 0; i < a->nperm; i++) {
+        ent en = { a->perm_h[i], a->res_h, a };
+
+        ents_put(r->ents, r->entcap, &en);
+        r->nent++;
+    }
+    return AZC_OK;
+}
+
+/* Removes a's entries from a writable record; the table is rebuilt, since
+ * linear probing cannot simply free a slot inside a run. */
+int af__ents_drop(rec *r, const asg *a)
+{
+    size_t i, left = 0;
+
+    for (i = 0; i < r->entcap; i++)
+        if (r->ents[i].a != NULL && r->ents[i].a != a)
+            left++;
+    if (left == r->nent)
+        return AZC_OK;
+    return ents_rebuild(r, left, a);
 }
 
 static int rec_empty(const rec *r)
@@ -345,24 +418,43 @@ typedef struct req {
 
 #define MAX_PREFETCH 16
 
+/* Starts the loads of the three runs a scan of r will read. */
+static inline void prefetch_runs(const rec *r, const req *q)
+{
+    size_t mask = r->entcap - 1;
+
+    if (r->entcap == 0)
+        return;
+    __builtin_prefetch(&r->ents[q->r[0] & mask]);
+    __builtin_prefetch(&r->ents[q->r[1] & mask]);
+    __builtin_prefetch(&r->ents[q->r[2] & mask]);
+}
+
 static const ent *scan(const rec *r, const req *q)
 {
-    size_t i;
+    size_t k, i, mask;
 
-    if (r == NULL)
+    if (r == NULL || r->nent == 0)
         return NULL;
-    for (i = 0; i < r->nent; i++) {
-        const ent *en = &r->ents[i];
+    mask = r->entcap - 1;
+    for (k = 0; k < 3; k++) {
+        uint64_t rh = q->r[k];
 
-        if ((en->perm_h == q->p[0] || en->perm_h == q->p[1] || en->perm_h == q->p[2]) &&
-            (en->res_h == q->r[0] || en->res_h == q->r[1] || en->res_h == q->r[2])) {
+        if ((k > 0 && rh == q->r[0]) || (k > 1 && rh == q->r[1]))
+            continue;
+        /* The table is never full, so every run ends at a free slot. */
+        for (i = rh & mask; r->ents[i].a != NULL; i = (i + 1) & mask) {
+            const ent *en = &r->ents[i];
             const asg *a = en->a;
-            size_t k;
+            size_t j;
 
+            if (en->res_h != rh ||
+                (en->perm_h != q->p[0] && en->perm_h != q->p[1] && en->perm_h != q->p[2]))
+                continue;
             if (!azc_resource_covers(a->resource, q->resource))
                 continue;
-            for (k = 0; k < a->nperm; k++)
-                if (a->perm_h[k] == en->perm_h && azc_permission_grants(a->perm[k], q->action))
+            for (j = 0; j < a->nperm; j++)
+                if (a->perm_h[j] == en->perm_h && azc_permission_grants(a->perm[j], q->action))
                     return en;
         }
     }
@@ -427,6 +519,7 @@ void af_index_check(af_index *ix, const af_query *q, af_result *out)
         nt = u->nteams < MAX_PREFETCH ? u->nteams : MAX_PREFETCH;
         for (j = 0; j < nt; j++)
             __builtin_prefetch(&g->main.b[u->teams[j].h & (g->main.nb - 1)]);
+        prefetch_runs(u, &rq);
         if ((en = scan(u, &rq)) != NULL) {
             out->allowed = 1;
             out->origin = en->a->origin;
@@ -452,7 +545,7 @@ void af_index_check(af_index *ix, const af_query *q, af_result *out)
         for (j = 0; j < nt; j++) {
             tr[j] = table_find(&g->main, K_TEAM, u->teams[j].h, u->teams[j].id);
             if (tr[j] != NULL)
-                __builtin_prefetch(tr[j]->ents);
+                prefetch_runs(tr[j], &rq);
         }
         for (j = 0; j < u->nteams; j++) {
             const rec *t = j < nt ? tr[j]

@@ -248,20 +248,20 @@ static int principal_drop(build *b, const asg *a)
 {
     uint64_t h;
     rec *o = find_main(b, a->ptype, a->ptype_id, &h), *r;
-    size_t i, j;
+    int had;
 
     if (o == NULL)
         return AZC_OK;
     if ((r = af__rec_writable(o, a->ptype, a->ptype_id, h, b->born)) == NULL)
         return AZC_ENOMEM;
-    if (a->ptype == K_TEAM && r->nent > 0)
+    had = r->nent > 0;
+    if (af__ents_drop(r, a) != AZC_OK) {
+        if (r != o)
+            af__rec_free(r);
+        return AZC_ENOMEM;
+    }
+    if (a->ptype == K_TEAM && had && r->nent == 0)
         b->g->teams--;
-    for (i = j = 0; i < r->nent; i++)
-        if (r->ents[i].a != a)
-            r->ents[j++] = r->ents[i];
-    r->nent = j;
-    if (a->ptype == K_TEAM && r->nent > 0)
-        b->g->teams++;
     return af__rec_commit(&b->g->main, r, b->born, &b->gc);
 }
 
@@ -269,24 +269,18 @@ static int principal_add(build *b, const asg *a)
 {
     uint64_t h;
     rec *o = find_main(b, a->ptype, a->ptype_id, &h), *r;
-    ent *n;
-    size_t i;
+    int had;
 
     if ((r = af__rec_writable(o, a->ptype, a->ptype_id, h, b->born)) == NULL)
         return AZC_ENOMEM;
-    if ((n = realloc(r->ents, (r->nent + a->nperm) * sizeof *n)) == NULL) {
+    had = r->nent > 0;
+    if (af__ents_add(r, a) != AZC_OK) {
         if (r != o)
             af__rec_free(r);
         return AZC_ENOMEM;
     }
-    r->ents = n;
-    if (a->ptype == K_TEAM && r->nent == 0)
+    if (a->ptype == K_TEAM && !had && r->nent > 0)
         b->g->teams++;
-    for (i = 0; i < a->nperm; i++) {
-        n[r->nent].perm_h = a->perm_h[i];
-        n[r->nent].res_h = a->res_h;
-        n[r->nent++].a = a;
-    }
     return af__rec_commit(&b->g->main, r, b->born, &b->gc);
 }
 
@@ -420,11 +414,12 @@ static int apply_watermarks(gen *g, const json_t *wm, int *changed, azc_err *e)
 
 static size_t gen_bytes(const gen *g)
 {
-    /* Approximate: tables, records and entries at their typical sizes. */
+    /* Approximate: tables, records and entries at their typical sizes (an
+     * entry table is 35-70% full). */
     return sizeof *g + (g->main.nb + g->asg.nb) * sizeof(bucket *) +
            (g->users + g->teams) * (sizeof(rec) + sizeof(bucket) + 2 * sizeof(slot) + 48) +
            g->memberships * (sizeof(team_ref) + 40) + g->assignments * (sizeof(rec) +
-           sizeof(slot) + sizeof(asg) + 160 + 2 * sizeof(ent));
+           sizeof(slot) + sizeof(asg) + 160 + 3 * sizeof(ent));
 }
 
 static void publish(af_index *ix, gen *g, garbage *gc, gen *old, int old_whole)

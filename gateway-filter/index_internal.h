@@ -17,6 +17,7 @@
 enum { K_USER = 1, K_TEAM = 2, K_SUBJ = 3, K_ASG = 4 };
 
 #define MAIN_BUCKETS (1u << 16)
+#define ENT_LOAD_PCT 70
 #define ASG_BUCKETS (1u << 17)
 
 /* An assignment as the index keeps it (only when its region applies). */
@@ -32,6 +33,9 @@ typedef struct asg {
     uint64_t *perm_h;
 } asg;
 
+/* One (assignment, permission) of a principal, in its record's entry
+ * table: open addressing by res_h with linear probing, a NULL `a` marks a
+ * free slot. */
 typedef struct ent {
     uint64_t perm_h, res_h;
     const asg *a;       /* owned by the asg table's record */
@@ -59,8 +63,9 @@ typedef struct rec {
     char *subject;      /* NULL while no user row is live */
     size_t nteams;
     team_ref *teams;
-    /* K_USER, K_TEAM */
-    size_t nent;
+    /* K_USER, K_TEAM: nent entries in a table of entcap slots (0 or a
+     * power of two, at most ENT_LOAD_PCT percent full) */
+    size_t nent, entcap;
     ent *ents;
     /* K_SUBJ */
     size_t nusers;
@@ -180,6 +185,8 @@ void af__gc_run(garbage *g, int free_items);
 int af__table_put(table *t, int kind, uint64_t h, const char *key, rec *r, uint64_t born,
                      garbage *gc);
 rec *af__rec_alloc(const char *key);
+int af__ents_add(rec *r, const asg *a);
+int af__ents_drop(rec *r, const asg *a);
 rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t born);
 int af__rec_commit(table *t, rec *r, uint64_t born, garbage *gc);
 int af__table_init(table *t, size_t nb, uint64_t born);
