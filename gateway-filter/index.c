@@ -43,22 +43,6 @@
 
 /* ---- records and tables --------------------------------------------- */
 
-static void asg_free(asg *a)
-{
-    size_t i;
-
-    if (a == NULL)
-        return;
-    for (i = 0; i < a->nperm; i++)
-        free(a->perm[i]);
-    free(a->perm);
-    free(a->perm_h);
-    free(a->id);
-    free(a->ptype_id);
-    free(a->resource);
-    free(a);
-}
-
 void af__rec_free(rec *r)
 {
     size_t i;
@@ -67,13 +51,13 @@ void af__rec_free(rec *r)
         return;
     free(r->subject);
     for (i = 0; i < r->nteams; i++)
-        free(r->teams[i].id);
+        free(r->teams[i].big);
     free(r->teams);
     free(r->ents);
     for (i = 0; i < r->nusers; i++)
-        free(r->users[i].id);
+        free(r->users[i].big);
     free(r->users);
-    asg_free(r->a);
+    free(r->a);         /* one block (index_apply.c's asg_alloc) */
     free(r);
 }
 
@@ -228,8 +212,7 @@ rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t bo
         if ((n->teams = calloc(r->nteams, sizeof *n->teams)) == NULL)
             goto fail;
         for (i = 0; i < r->nteams; i++) {
-            n->teams[i] = r->teams[i];
-            if ((n->teams[i].id = strdup(r->teams[i].id)) == NULL)
+            if (af__ref_copy(&n->teams[i], &r->teams[i]) != AZC_OK)
                 goto fail;
             n->nteams++;
         }
@@ -245,8 +228,7 @@ rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t bo
         if ((n->users = calloc(r->nusers, sizeof *n->users)) == NULL)
             goto fail;
         for (i = 0; i < r->nusers; i++) {
-            n->users[i] = r->users[i];
-            if ((n->users[i].id = strdup(r->users[i].id)) == NULL)
+            if (af__ref_copy(&n->users[i], &r->users[i]) != AZC_OK)
                 goto fail;
             n->nusers++;
         }
@@ -255,6 +237,30 @@ rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t bo
 fail:
     af__rec_free(n);
     return NULL;
+}
+
+/* ---- references (writer side) ---- */
+
+/* Sets x to id (h: its main-table hash); x's origin is the caller's. */
+int af__ref_set(ref *x, const char *id, uint64_t h)
+{
+    size_t n = strlen(id) + 1;
+
+    x->h = h;
+    x->big = NULL;
+    if (n <= sizeof x->small)
+        memcpy(x->small, id, n);
+    else if ((x->big = strdup(id)) == NULL)
+        return AZC_ENOMEM;
+    return AZC_OK;
+}
+
+int af__ref_copy(ref *dst, const ref *src)
+{
+    *dst = *src;
+    if (src->big != NULL && (dst->big = strdup(src->big)) == NULL)
+        return AZC_ENOMEM;
+    return AZC_OK;
 }
 
 /* ---- a record's entry table (writer side) ---- */
@@ -509,7 +515,7 @@ void af_index_check(af_index *ix, const af_query *q, af_result *out)
     rq.resource = q->resource;
     s = table_find(&g->main, K_SUBJ, key_hash(K_SUBJ, q->subject), q->subject);
     for (i = 0; s != NULL && i < s->nusers; i++) {
-        const rec *u = table_find(&g->main, K_USER, s->users[i].h, s->users[i].id);
+        const rec *u = table_find(&g->main, K_USER, s->users[i].h, ref_id(&s->users[i]));
         const ent *en;
 
         if (u == NULL)
@@ -539,17 +545,16 @@ void af_index_check(af_index *ix, const af_query *q, af_result *out)
             for (k = 0; bk[j] != NULL && k < bk[j]->n; k++)
                 if (bk[j]->s[k].h == u->teams[j].h) {
                     __builtin_prefetch(bk[j]->s[k].r);
-                    __builtin_prefetch(u->teams[j].id);
                 }
         }
         for (j = 0; j < nt; j++) {
-            tr[j] = table_find(&g->main, K_TEAM, u->teams[j].h, u->teams[j].id);
+            tr[j] = table_find(&g->main, K_TEAM, u->teams[j].h, ref_id(&u->teams[j]));
             if (tr[j] != NULL)
                 prefetch_runs(tr[j], &rq);
         }
         for (j = 0; j < u->nteams; j++) {
             const rec *t = j < nt ? tr[j]
-                                  : table_find(&g->main, K_TEAM, u->teams[j].h, u->teams[j].id);
+                                  : table_find(&g->main, K_TEAM, u->teams[j].h, ref_id(&u->teams[j]));
 
             if ((en = scan(t, &rq)) != NULL) {
                 out->allowed = 1;

@@ -131,22 +131,21 @@ static int subj_change(build *b, const char *subject, const char *user_id, int a
     if ((r = af__rec_writable(o, K_SUBJ, subject, h, b->born)) == NULL)
         return AZC_ENOMEM;
     for (i = 0; i < r->nusers; i++)
-        if (strcmp(r->users[i].id, user_id) == 0)
+        if (strcmp(ref_id(&r->users[i]), user_id) == 0)
             break;
     if (add && i == r->nusers) {
         user_ref *u = realloc(r->users, (r->nusers + 1) * sizeof *u);
 
-        if (u == NULL || (u[r->nusers].id = strdup(user_id)) == NULL) {
-            if (u != NULL)
-                r->users = u;
+        if (u != NULL)
+            r->users = u;
+        if (u == NULL || af__ref_set(&u[r->nusers], user_id, uh) != AZC_OK) {
             if (r != o)
                 af__rec_free(r);
             return AZC_ENOMEM;
         }
-        u[r->nusers++].h = uh;
-        r->users = u;
+        r->nusers++;
     } else if (!add && i < r->nusers) {
-        free(r->users[i].id);
+        free(r->users[i].big);
         r->users[i] = r->users[--r->nusers];
     }
     return af__rec_commit(&b->g->main, r, b->born, &b->gc);
@@ -207,7 +206,7 @@ static int apply_membership(build *b, const json_t *row, int deleted, int origin
         return azc_err_set(e, AZC_EINVAL, "user_id is not a string");
     o = find_main(b, K_USER, user, &h);
     for (i = 0; o != NULL && i < o->nteams; i++)
-        if (strcmp(o->teams[i].id, team) == 0)
+        if (strcmp(ref_id(&o->teams[i]), team) == 0)
             break;
     if (o == NULL && deleted)
         return AZC_OK;
@@ -218,7 +217,7 @@ static int apply_membership(build *b, const json_t *row, int deleted, int origin
     if ((r = af__rec_writable(o, K_USER, user, h, b->born)) == NULL)
         return azc_err_set(e, AZC_ENOMEM, "out of memory");
     if (deleted) {
-        free(r->teams[i].id);
+        free(r->teams[i].big);
         r->teams[i] = r->teams[--r->nteams];
         b->g->memberships--;
     } else if (i < r->nteams) {
@@ -226,16 +225,14 @@ static int apply_membership(build *b, const json_t *row, int deleted, int origin
     } else {
         team_ref *t = realloc(r->teams, (r->nteams + 1) * sizeof *t);
 
-        if (t == NULL || (t[r->nteams].id = strdup(team)) == NULL) {
-            if (t != NULL)
-                r->teams = t;
+        if (t != NULL)
+            r->teams = t;
+        if (t == NULL || af__ref_set(&t[r->nteams], team, key_hash(K_TEAM, team)) != AZC_OK) {
             if (r != o)
                 af__rec_free(r);
             return azc_err_set(e, AZC_ENOMEM, "out of memory");
         }
-        t[r->nteams].h = key_hash(K_TEAM, team);
         t[r->nteams++].origin = origin;
-        r->teams = t;
         b->g->memberships++;
     }
     if ((rc = af__rec_commit(&b->g->main, r, b->born, &b->gc)) != AZC_OK)
@@ -284,6 +281,42 @@ static int principal_add(build *b, const asg *a)
     return af__rec_commit(&b->g->main, r, b->born, &b->gc);
 }
 
+/* An assignment and everything it points to in one block, in the order an
+ * allow reads them (the hashes, the resource, the permissions), so that
+ * confirming a grant costs one or two cache misses, not four. The caller
+ * has validated perms (an array of strings). */
+static asg *asg_alloc(const char *id, const char *pid, const char *res, const json_t *perms)
+{
+    size_t n = json_array_size(perms), len = sizeof(asg) + n * (sizeof(uint64_t) +
+                                                                  sizeof(char *)),
+           i, k;
+    const json_t *p;
+    asg *a;
+    char *c;
+
+    len += strlen(res) + strlen(id) + strlen(pid) + 3;
+    json_array_foreach(perms, i, p)
+        len += json_string_length(p) + 1;
+    if ((a = calloc(1, len)) == NULL)
+        return NULL;
+    a->perm_h = (uint64_t *)(a + 1);
+    a->perm = (char **)(a->perm_h + n);
+    c = (char *)(a->perm + n);
+    a->resource = memcpy(c, res, (k = strlen(res) + 1));
+    c += k;
+    json_array_foreach(perms, i, p) {
+        a->perm[i] = memcpy(c, json_string_value(p), (k = json_string_length(p) + 1));
+        a->perm_h[i] = hash_str(a->perm[i]);
+        c += k;
+    }
+    a->nperm = n;
+    a->res_h = hash_str(a->resource);
+    a->id = memcpy(c, id, (k = strlen(id) + 1));
+    c += k;
+    a->ptype_id = memcpy(c, pid, strlen(pid) + 1);
+    return a;
+}
+
 static int apply_policy(build *b, const json_t *row, int deleted, int origin, azc_err *e)
 {
     const char *id = str_member(row, "assignment_id"), *pt = str_member(row, "principal_type");
@@ -327,26 +360,13 @@ static int apply_policy(build *b, const json_t *row, int deleted, int origin, az
     }
     if (!applies)
         return AZC_OK;
-    if ((r = af__rec_alloc(id)) == NULL ||
-        (r->a = a = calloc(1, sizeof *a)) == NULL)
+    if ((r = af__rec_alloc(id)) == NULL || (r->a = a = asg_alloc(id, pid, res, perms)) == NULL)
         goto oom;
     r->kind = K_ASG;
     r->born = b->born;
     r->h = h;
     a->ptype = strcmp(pt, "user") == 0 ? K_USER : K_TEAM;
     a->origin = origin;
-    if ((a->id = strdup(id)) == NULL || (a->ptype_id = strdup(pid)) == NULL ||
-        (a->resource = strdup(res)) == NULL ||
-        (a->perm = calloc(json_array_size(perms), sizeof *a->perm)) == NULL ||
-        (a->perm_h = calloc(json_array_size(perms), sizeof *a->perm_h)) == NULL)
-        goto oom;
-    a->res_h = hash_str(res);
-    json_array_foreach(perms, i, p) {
-        if ((a->perm[i] = strdup(json_string_value(p))) == NULL)
-            goto oom;
-        a->perm_h[i] = hash_str(a->perm[i]);
-        a->nperm++;
-    }
     if ((rc = af__table_put(&b->g->asg, K_ASG, h, id, r, b->born, &b->gc)) != AZC_OK)
         goto oom;
     b->g->assignments++;
@@ -418,7 +438,7 @@ static size_t gen_bytes(const gen *g)
      * entry table is 35-70% full). */
     return sizeof *g + (g->main.nb + g->asg.nb) * sizeof(bucket *) +
            (g->users + g->teams) * (sizeof(rec) + sizeof(bucket) + 2 * sizeof(slot) + 48) +
-           g->memberships * (sizeof(team_ref) + 40) + g->assignments * (sizeof(rec) +
+           g->memberships * sizeof(team_ref) + g->assignments * (sizeof(rec) +
            sizeof(slot) + sizeof(asg) + 160 + 3 * sizeof(ent));
 }
 

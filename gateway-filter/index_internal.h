@@ -20,7 +20,8 @@ enum { K_USER = 1, K_TEAM = 2, K_SUBJ = 3, K_ASG = 4 };
 #define ENT_LOAD_PCT 70
 #define ASG_BUCKETS (1u << 17)
 
-/* An assignment as the index keeps it (only when its region applies). */
+/* An assignment as the index keeps it (only when its region applies): one
+ * allocation holding the struct and every array and string it points to. */
 typedef struct asg {
     char *id;
     char *ptype_id;     /* principal id */
@@ -41,16 +42,26 @@ typedef struct ent {
     const asg *a;       /* owned by the asg table's record */
 } ent;
 
-typedef struct team_ref {
-    char *id;
-    uint64_t h;         /* main-table hash of the team's key */
-    int origin;         /* the membership's origin */
-} team_ref;
+/* A user's team, or a subject's user: the id is kept inside the reference
+ * when it fits (a UUID does), so a check that follows it to the record
+ * does not miss the cache a second time on a string of its own. One
+ * reference is one cache line. */
+#define REF_SMALL 44
 
-typedef struct user_ref {
-    char *id;
-    uint64_t h;
-} user_ref;
+typedef struct ref {
+    uint64_t h;         /* main-table hash of the referenced key */
+    char *big;          /* the id when longer than small holds, else NULL */
+    int origin;         /* a team reference: the membership's origin */
+    char small[REF_SMALL];
+} ref;
+
+typedef struct ref team_ref;
+typedef struct ref user_ref;
+
+static inline const char *ref_id(const ref *x)
+{
+    return x->big != NULL ? x->big : x->small;
+}
 
 /* One immutable record; all memory it points to is its own, except
  * ents[].a (the asg table owns assignments). */
@@ -185,6 +196,8 @@ void af__gc_run(garbage *g, int free_items);
 int af__table_put(table *t, int kind, uint64_t h, const char *key, rec *r, uint64_t born,
                      garbage *gc);
 rec *af__rec_alloc(const char *key);
+int af__ref_set(ref *x, const char *id, uint64_t h);
+int af__ref_copy(ref *dst, const ref *src);
 int af__ents_add(rec *r, const asg *a);
 int af__ents_drop(rec *r, const asg *a);
 rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t born);

@@ -687,6 +687,54 @@ static void test_heavy_principal(void **state)
     af_index_free(ix);
 }
 
+/* Ids too long to sit inside a reference (REF_SMALL) are kept apart:
+ * loaded, copied into a new generation, removed. */
+static void test_long_ids(void **state)
+{
+    char uid[101], tid[101], doc[2048];
+    af_index *ix = af_index_new("us");
+    af_result r;
+    azc_err e;
+    json_t *j;
+
+    (void)state;
+    memset(uid, 'u', 100);
+    memset(tid, 't', 100);
+    uid[100] = tid[100] = '\0';
+    snprintf(doc, sizeof doc,
+             "{\"region\":\"us\",\"cursor\":\"1\",\"users\":[{\"user_id\":\"%s\","
+             "\"subject\":\"long\",\"hlc\":1,\"origin\":\"us\",\"origin_seq\":1,"
+             "\"deleted\":false}],\"memberships\":[{\"team_id\":\"%s\",\"user_id\":\"%s\","
+             "\"hlc\":1,\"origin\":\"us\",\"origin_seq\":1,\"deleted\":false}],"
+             "\"policies\":[{\"assignment_id\":\"a1\",\"principal_type\":\"team\","
+             "\"principal_id\":\"%s\",\"role_id\":\"r\",\"region\":\"*\","
+             "\"resource\":\"doc/*\",\"permissions\":[\"doc:read\"],\"hlc\":1,"
+             "\"origin\":\"us\",\"origin_seq\":1,\"deleted\":false}]}",
+             uid, tid, uid, tid);
+    j = parse(doc);
+    assert_int_equal(af_index_load_snapshot(ix, j, &e), AZC_OK);
+    json_decref(j);
+    assert_int_equal(allowed(ix, "long", "doc:read", "doc/1", &r), 1);
+    /* A second membership: the user's record is copied, long ids too. */
+    snprintf(doc, sizeof doc,
+             "{\"changes\":[{\"seq\":2,\"kind\":\"membership\",\"row\":{\"team_id\":\"t2\","
+             "\"user_id\":\"%s\",\"hlc\":2,\"origin\":\"us\",\"origin_seq\":2,"
+             "\"deleted\":false}}],\"cursor\":\"2\",\"more\":false}", uid);
+    j = parse(doc);
+    assert_int_equal(af_index_apply(ix, j, &e), AZC_OK);
+    json_decref(j);
+    assert_int_equal(allowed(ix, "long", "doc:read", "doc/1", &r), 1);
+    snprintf(doc, sizeof doc,
+             "{\"changes\":[{\"seq\":3,\"kind\":\"membership\",\"row\":{\"team_id\":\"%s\","
+             "\"user_id\":\"%s\",\"hlc\":3,\"origin\":\"us\",\"origin_seq\":3,"
+             "\"deleted\":true}}],\"cursor\":\"3\",\"more\":false}", tid, uid);
+    j = parse(doc);
+    assert_int_equal(af_index_apply(ix, j, &e), AZC_OK);
+    json_decref(j);
+    assert_int_equal(allowed(ix, "long", "doc:read", "doc/1", &r), 0);
+    af_index_free(ix);
+}
+
 /* ---- readers racing the writer -------------------------------------- */
 
 typedef struct race {
@@ -808,6 +856,7 @@ int main(void)
         cmocka_unit_test(test_bad_answers),
         cmocka_unit_test(test_updates),
         cmocka_unit_test(test_heavy_principal),
+        cmocka_unit_test(test_long_ids),
         cmocka_unit_test(test_race),
         cmocka_unit_test(test_oracle),
     };
