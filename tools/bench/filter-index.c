@@ -853,8 +853,8 @@ static void heavy_principal(size_t n)
         char id[24];
 
         snprintf(id, sizeof id, "h%zu", i);
-        snprintf(a.perm, sizeof a.perm, "t%zu:read", i % 20);
-        snprintf(a.res, sizeof a.res, "t%zu/r%zu", i % 20, i);
+        snprintf(a.perm, sizeof a.perm, "t%u:read", (unsigned)(i % 20));
+        snprintf(a.res, sizeof a.res, "t%u/r%u", (unsigned)(i % 20), (unsigned)i);
         json_array_append_new(pol, asg_json(id, i % 2 ? "team" : "user", i % 2 ? "ht" : "hu",
                                             &a));
     }
