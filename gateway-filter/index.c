@@ -50,13 +50,10 @@ void af__rec_free(rec *r)
     if (r == NULL)
         return;
     free(r->subject);
-    for (i = 0; i < r->nteams; i++)
+    for (i = 0; i < r->nteams; i++) /* or users: the same array */
         free(r->teams[i].big);
     free(r->teams);
     free(r->ents);
-    for (i = 0; i < r->nusers; i++)
-        free(r->users[i].big);
-    free(r->users);
     free(r->a);         /* one block (index_apply.c's asg_alloc) */
     free(r);
 }
@@ -208,7 +205,7 @@ rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t bo
         return n;
     if (r->subject != NULL && (n->subject = strdup(r->subject)) == NULL)
         goto fail;
-    if (r->nteams > 0) {
+    if (r->nteams > 0) { /* or users: the same array */
         if ((n->teams = calloc(r->nteams, sizeof *n->teams)) == NULL)
             goto fail;
         for (i = 0; i < r->nteams; i++) {
@@ -223,15 +220,6 @@ rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t bo
         memcpy(n->ents, r->ents, r->entcap * sizeof *n->ents);
         n->nent = r->nent;
         n->entcap = r->entcap;
-    }
-    if (r->nusers > 0) {
-        if ((n->users = calloc(r->nusers, sizeof *n->users)) == NULL)
-            goto fail;
-        for (i = 0; i < r->nusers; i++) {
-            if (af__ref_copy(&n->users[i], &r->users[i]) != AZC_OK)
-                goto fail;
-            n->nusers++;
-        }
     }
     return n;
 fail:
@@ -248,6 +236,7 @@ int af__ref_set(ref *x, const char *id, uint64_t h)
 
     x->h = h;
     x->big = NULL;
+    x->r = NULL;
     if (n <= sizeof x->small)
         memcpy(x->small, id, n);
     else if ((x->big = strdup(id)) == NULL)
@@ -415,6 +404,38 @@ long long af_index_cursor(const af_index *ix)
     return ix->cur != NULL ? ix->cur->cursor : -1;
 }
 
+/* For tests: every subject's reference points at its user's current
+ * record, and every user with a subject is referenced by it. 1 when so. */
+int af__index_refs_ok(const af_index *ix)
+{
+    const gen *g = ix->cur;
+    size_t bi, k, i;
+
+    for (bi = 0; g != NULL && bi < g->main.nb; bi++) {
+        const bucket *b = g->main.b[bi];
+
+        for (k = 0; b != NULL && k < b->n; k++) {
+            const rec *r = b->s[k].r, *o;
+
+            if (r->kind == K_SUBJ) {
+                for (i = 0; i < r->nusers; i++) {
+                    o = table_find(&g->main, K_USER, r->users[i].h, ref_id(&r->users[i]));
+                    if (o == NULL || o != r->users[i].r || o->subject == NULL ||
+                        strcmp(o->subject, r->key) != 0)
+                        return 0;
+                }
+            } else if (r->kind == K_USER && r->subject != NULL) {
+                o = table_find(&g->main, K_SUBJ, key_hash(K_SUBJ, r->subject), r->subject);
+                for (i = 0; o != NULL && i < o->nusers && o->users[i].r != r; i++)
+                    ;
+                if (o == NULL || i == o->nusers)
+                    return 0;
+            }
+        }
+    }
+    return 1;
+}
+
 /* ---- reader side ---------------------------------------------------- */
 
 typedef struct req {
@@ -515,7 +536,7 @@ void af_index_check(af_index *ix, const af_query *q, af_result *out)
     rq.resource = q->resource;
     s = table_find(&g->main, K_SUBJ, key_hash(K_SUBJ, q->subject), q->subject);
     for (i = 0; s != NULL && i < s->nusers; i++) {
-        const rec *u = table_find(&g->main, K_USER, s->users[i].h, ref_id(&s->users[i]));
+        const rec *u = s->users[i].r;
         const ent *en;
 
         if (u == NULL)

@@ -120,35 +120,56 @@ static rec *find_main(build *b, int kind, const char *key, uint64_t *h)
     return table_find(&b->g->main, kind, *h, key);
 }
 
+/* add: makes the subject's reference to user_id exist and point at the
+ * user's current record; otherwise removes it. */
 static int subj_change(build *b, const char *subject, const char *user_id, int add)
 {
     uint64_t h, uh = key_hash(K_USER, user_id);
     rec *o = find_main(b, K_SUBJ, subject, &h), *r;
+    const rec *u = add ? table_find(&b->g->main, K_USER, uh, user_id) : NULL;
     size_t i;
 
     if (o == NULL && !add)
         return AZC_OK;
+    for (i = 0; o != NULL && i < o->nusers; i++)
+        if (strcmp(ref_id(&o->users[i]), user_id) == 0)
+            break;
+    if (o != NULL && i < o->nusers && add && o->users[i].r == u)
+        return AZC_OK;
+    if (o != NULL && i == o->nusers && !add)
+        return AZC_OK;
     if ((r = af__rec_writable(o, K_SUBJ, subject, h, b->born)) == NULL)
         return AZC_ENOMEM;
-    for (i = 0; i < r->nusers; i++)
-        if (strcmp(ref_id(&r->users[i]), user_id) == 0)
-            break;
     if (add && i == r->nusers) {
-        user_ref *u = realloc(r->users, (r->nusers + 1) * sizeof *u);
+        user_ref *ur = realloc(r->users, (r->nusers + 1) * sizeof *ur);
 
-        if (u != NULL)
-            r->users = u;
-        if (u == NULL || af__ref_set(&u[r->nusers], user_id, uh) != AZC_OK) {
+        if (ur != NULL)
+            r->users = ur;
+        if (ur == NULL || af__ref_set(&ur[r->nusers], user_id, uh) != AZC_OK) {
             if (r != o)
                 af__rec_free(r);
             return AZC_ENOMEM;
         }
-        r->nusers++;
-    } else if (!add && i < r->nusers) {
+        r->users[r->nusers++].r = u;
+    } else if (add) {
+        r->users[i].r = u;
+    } else {
         free(r->users[i].big);
         r->users[i] = r->users[--r->nusers];
     }
     return af__rec_commit(&b->g->main, r, b->born, &b->gc);
+}
+
+/* After a user's record was committed (perhaps as a new copy): its
+ * subject's reference follows it. */
+static int subj_point(build *b, int kind, const char *user_id)
+{
+    uint64_t h;
+    const rec *u;
+
+    if (kind != K_USER || (u = find_main(b, K_USER, user_id, &h)) == NULL || u->subject == NULL)
+        return AZC_OK;
+    return subj_change(b, u->subject, user_id, 1);
 }
 
 static int apply_user(build *b, const json_t *row, int deleted, azc_err *e)
@@ -221,7 +242,7 @@ static int apply_membership(build *b, const json_t *row, int deleted, int origin
         r->teams[i] = r->teams[--r->nteams];
         b->g->memberships--;
     } else if (i < r->nteams) {
-        r->teams[i].origin = origin;
+        r->teams[i].origin = (short)origin;
     } else {
         team_ref *t = realloc(r->teams, (r->nteams + 1) * sizeof *t);
 
@@ -232,10 +253,11 @@ static int apply_membership(build *b, const json_t *row, int deleted, int origin
                 af__rec_free(r);
             return azc_err_set(e, AZC_ENOMEM, "out of memory");
         }
-        t[r->nteams++].origin = origin;
+        t[r->nteams++].origin = (short)origin;
         b->g->memberships++;
     }
-    if ((rc = af__rec_commit(&b->g->main, r, b->born, &b->gc)) != AZC_OK)
+    if ((rc = af__rec_commit(&b->g->main, r, b->born, &b->gc)) != AZC_OK ||
+        (rc = subj_point(b, K_USER, user)) != AZC_OK)
         return azc_err_set(e, rc, "out of memory");
     return AZC_OK;
 }
@@ -245,7 +267,7 @@ static int principal_drop(build *b, const asg *a)
 {
     uint64_t h;
     rec *o = find_main(b, a->ptype, a->ptype_id, &h), *r;
-    int had;
+    int had, rc;
 
     if (o == NULL)
         return AZC_OK;
@@ -259,14 +281,16 @@ static int principal_drop(build *b, const asg *a)
     }
     if (a->ptype == K_TEAM && had && r->nent == 0)
         b->g->teams--;
-    return af__rec_commit(&b->g->main, r, b->born, &b->gc);
+    if ((rc = af__rec_commit(&b->g->main, r, b->born, &b->gc)) != AZC_OK)
+        return rc;
+    return subj_point(b, a->ptype, a->ptype_id);
 }
 
 static int principal_add(build *b, const asg *a)
 {
     uint64_t h;
     rec *o = find_main(b, a->ptype, a->ptype_id, &h), *r;
-    int had;
+    int had, rc;
 
     if ((r = af__rec_writable(o, a->ptype, a->ptype_id, h, b->born)) == NULL)
         return AZC_ENOMEM;
@@ -278,7 +302,9 @@ static int principal_add(build *b, const asg *a)
     }
     if (a->ptype == K_TEAM && !had && r->nent > 0)
         b->g->teams++;
-    return af__rec_commit(&b->g->main, r, b->born, &b->gc);
+    if ((rc = af__rec_commit(&b->g->main, r, b->born, &b->gc)) != AZC_OK)
+        return rc;
+    return subj_point(b, a->ptype, a->ptype_id);
 }
 
 /* An assignment and everything it points to in one block, in the order an

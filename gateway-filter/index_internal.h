@@ -46,12 +46,17 @@ typedef struct ent {
  * when it fits (a UUID does), so a check that follows it to the record
  * does not miss the cache a second time on a string of its own. One
  * reference is one cache line. */
-#define REF_SMALL 44
+#define REF_SMALL 38
 
 typedef struct ref {
     uint64_t h;         /* main-table hash of the referenced key */
     char *big;          /* the id when longer than small holds, else NULL */
-    int origin;         /* a team reference: the membership's origin */
+    /* A subject's reference: its user's record in this generation, so a
+     * check goes from the subject to the user without a table lookup.
+     * The writer re-points it whenever it commits a new copy of the user
+     * (index_apply.c, subj_point); both are retired in one grace period. */
+    const struct rec *r;
+    short origin;       /* a team reference: the membership's origin */
     char small[REF_SMALL];
 } ref;
 
@@ -64,25 +69,30 @@ static inline const char *ref_id(const ref *x)
 }
 
 /* One immutable record; all memory it points to is its own, except
- * ents[].a (the asg table owns assignments). */
+ * ents[].a (the asg table owns assignments) and users[].r. The fields a
+ * check reads come first, so that they share the record's first cache
+ * line (the key, inline after the struct, is read last). */
 typedef struct rec {
-    int kind;
-    uint64_t born;
     uint64_t h;
+    int kind;
     char *key;
-    /* K_USER */
-    char *subject;      /* NULL while no user row is live */
-    size_t nteams;
-    team_ref *teams;
+    /* K_USER: its teams; K_SUBJ: its users (one array, by kind) */
+    union {
+        size_t nteams;
+        size_t nusers;
+    };
+    union {
+        team_ref *teams;
+        user_ref *users;
+    };
     /* K_USER, K_TEAM: nent entries in a table of entcap slots (0 or a
      * power of two, at most ENT_LOAD_PCT percent full) */
     size_t nent, entcap;
     ent *ents;
-    /* K_SUBJ */
-    size_t nusers;
-    user_ref *users;
-    /* K_ASG: owned */
-    asg *a;
+    /* the writer's */
+    uint64_t born;
+    char *subject;      /* K_USER: NULL while no user row is live */
+    asg *a;             /* K_ASG: owned */
 } rec;
 
 typedef struct slot {
@@ -204,5 +214,6 @@ rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t bo
 int af__rec_commit(table *t, rec *r, uint64_t born, garbage *gc);
 int af__table_init(table *t, size_t nb, uint64_t born);
 void af__gen_free_all(gen *g);
+int af__index_refs_ok(const af_index *ix);
 
 #endif

@@ -20,6 +20,7 @@
 
 #include "common/policy.h"
 #include "gateway-filter/index.h"
+#include "gateway-filter/index_internal.h" /* af__index_refs_ok */
 
 /* ---- a small deterministic RNG (tests must be reproducible) --------- */
 
@@ -374,6 +375,7 @@ static void test_oracle(void **state)
     assert_int_equal(st.users, NU);
     assert_true(st.assignments > NP / 2 && st.assignments < NP);
     assert_int_equal(af_index_cursor(ix), 100);
+    assert_true(af__index_refs_ok(ix));
     compare_queries(ix, &md, 1500);
     for (step = 0; step < 8; step++) {
         json_t *a = random_answer(&md, step == 0 ? 1 : 400);
@@ -382,6 +384,7 @@ static void test_oracle(void **state)
             fail_msg("apply: %s", e.msg);
         json_decref(a);
         assert_int_equal(af_index_cursor(ix), md.seq);
+        assert_true(af__index_refs_ok(ix));
         compare_queries(ix, &md, 600);
     }
     /* A reload of the resulting state answers the same. */
@@ -598,6 +601,7 @@ static void test_updates(void **state)
     json_decref(j);
     assert_int_equal(allowed(ix, "alice", "db:drop", "db/x", &r), 0);
     assert_int_equal(allowed(ix, "alicia", "db:drop", "db/x", &r), 1);
+    assert_true(af__index_refs_ok(ix));
     j = parse("{\"changes\":[{\"seq\":16,\"kind\":\"policy\",\"row\":{\"assignment_id\":\"a3\","
               "\"principal_type\":\"user\",\"principal_id\":\"u1\",\"role_id\":\"r\","
               "\"region\":\"us\",\"resource\":\"db/x\",\"permissions\":[\"db:*\"],\"hlc\":5,"
