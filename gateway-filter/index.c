@@ -52,7 +52,6 @@ void af__rec_free(rec *r)
     free(r->subject);
     for (i = 0; i < r->nteams; i++) /* or users: the same array */
         free(r->teams[i].big);
-    free(r->teams);
     free(r->ents);
     free(r->a);         /* one block (index_apply.c's asg_alloc) */
     free(r);
@@ -173,46 +172,68 @@ int af__table_put(table *t, int kind, uint64_t h, const char *key, rec *r, uint6
     return AZC_OK;
 }
 
-/* A zeroed record with its key in the same allocation, so a lookup that
- * confirms a hash match touches one block, not two. */
-rec *af__rec_alloc(const char *key)
+/* A zeroed record with its key and room for refcap references in the
+ * same allocation, so a lookup that confirms a hash match and follows the
+ * references touches one block, not three. */
+rec *af__rec_alloc(const char *key, size_t refcap)
 {
-    size_t n = strlen(key) + 1;
-    rec *r = calloc(1, sizeof *r + n);
+    size_t n = strlen(key) + 1, at = (sizeof(rec) + n + 7) & ~(size_t)7;
+    rec *r;
 
-    if (r == NULL)
+    if (refcap > UINT32_MAX || (r = calloc(1, at + refcap * sizeof(ref))) == NULL)
         return NULL;
     r->key = (char *)(r + 1);
     memcpy(r->key, key, n);
+    r->refcap = (uint32_t)refcap;
+    r->teams = (ref *)((char *)r + at);
     return r;
 }
 
-/* A writable copy of r (or a new empty record): the caller puts it back
- * with table_put. NULL when out of memory. */
-rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t born)
+/* A writable record for generation `born` with room for extra_refs more
+ * references: r itself when it was born in it and has the room, else a
+ * copy (of an older generation's record, or a grown one of r, whose
+ * contents then move to it, leaving r an empty shell that table_put
+ * frees), or a new empty record when r is NULL. The caller puts it back
+ * with table_put (af__rec_commit). NULL when out of memory. */
+rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t born,
+                      size_t extra_refs)
 {
+    size_t have = r != NULL ? r->nteams : 0, cap = have + extra_refs, i;
     rec *n;
-    size_t i;
 
-    if (r != NULL && r->born == born)
+    if (r != NULL && r->born == born && cap <= r->refcap)
         return r;
-    if ((n = af__rec_alloc(key)) == NULL)
+    if (r != NULL && r->born == born && cap < 2 * (size_t)r->refcap)
+        cap = 2 * (size_t)r->refcap; /* grown while building: amortised */
+    if ((n = af__rec_alloc(key, cap)) == NULL)
         return NULL;
     n->kind = kind;
     n->born = born;
     n->h = h;
     if (r == NULL)
         return n;
+    if (r->born == born) {
+        /* Private to this build: move, nothing to copy. */
+        memcpy(n->teams, r->teams, have * sizeof *n->teams);
+        n->nteams = have;
+        r->nteams = 0;
+        n->subject = r->subject;
+        n->ents = r->ents;
+        n->nent = r->nent;
+        n->entcap = r->entcap;
+        n->a = r->a;
+        r->subject = NULL;
+        r->ents = NULL;
+        r->nent = r->entcap = 0;
+        r->a = NULL;
+        return n;
+    }
     if (r->subject != NULL && (n->subject = strdup(r->subject)) == NULL)
         goto fail;
-    if (r->nteams > 0) { /* or users: the same array */
-        if ((n->teams = calloc(r->nteams, sizeof *n->teams)) == NULL)
+    for (i = 0; i < have; i++) { /* teams, or users: the same array */
+        if (af__ref_copy(&n->teams[i], &r->teams[i]) != AZC_OK)
             goto fail;
-        for (i = 0; i < r->nteams; i++) {
-            if (af__ref_copy(&n->teams[i], &r->teams[i]) != AZC_OK)
-                goto fail;
-            n->nteams++;
-        }
+        n->nteams++;
     }
     if (r->entcap > 0) {
         if ((n->ents = malloc(r->entcap * sizeof *n->ents)) == NULL)

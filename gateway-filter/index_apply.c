@@ -138,14 +138,11 @@ static int subj_change(build *b, const char *subject, const char *user_id, int a
         return AZC_OK;
     if (o != NULL && i == o->nusers && !add)
         return AZC_OK;
-    if ((r = af__rec_writable(o, K_SUBJ, subject, h, b->born)) == NULL)
+    if ((r = af__rec_writable(o, K_SUBJ, subject, h, b->born,
+                              add && (o == NULL || i == o->nusers))) == NULL)
         return AZC_ENOMEM;
     if (add && i == r->nusers) {
-        user_ref *ur = realloc(r->users, (r->nusers + 1) * sizeof *ur);
-
-        if (ur != NULL)
-            r->users = ur;
-        if (ur == NULL || af__ref_set(&ur[r->nusers], user_id, uh) != AZC_OK) {
+        if (af__ref_set(&r->users[r->nusers], user_id, uh) != AZC_OK) {
             if (r != o)
                 af__rec_free(r);
             return AZC_ENOMEM;
@@ -193,7 +190,7 @@ static int apply_user(build *b, const json_t *row, int deleted, azc_err *e)
     }
     if (o == NULL && deleted)
         return AZC_OK;
-    if ((r = af__rec_writable(o, K_USER, id, h, b->born)) == NULL)
+    if ((r = af__rec_writable(o, K_USER, id, h, b->born, 0)) == NULL)
         return azc_err_set(e, AZC_ENOMEM, "out of memory");
     if (o == NULL || o->subject == NULL)
         b->g->users += deleted ? 0 : 1;
@@ -235,7 +232,8 @@ static int apply_membership(build *b, const json_t *row, int deleted, int origin
         return AZC_OK;
     if (o != NULL && i < o->nteams && !deleted && o->teams[i].origin == origin)
         return AZC_OK;
-    if ((r = af__rec_writable(o, K_USER, user, h, b->born)) == NULL)
+    if ((r = af__rec_writable(o, K_USER, user, h, b->born,
+                              !deleted && (o == NULL || i == o->nteams))) == NULL)
         return azc_err_set(e, AZC_ENOMEM, "out of memory");
     if (deleted) {
         free(r->teams[i].big);
@@ -244,16 +242,12 @@ static int apply_membership(build *b, const json_t *row, int deleted, int origin
     } else if (i < r->nteams) {
         r->teams[i].origin = (short)origin;
     } else {
-        team_ref *t = realloc(r->teams, (r->nteams + 1) * sizeof *t);
-
-        if (t != NULL)
-            r->teams = t;
-        if (t == NULL || af__ref_set(&t[r->nteams], team, key_hash(K_TEAM, team)) != AZC_OK) {
+        if (af__ref_set(&r->teams[r->nteams], team, key_hash(K_TEAM, team)) != AZC_OK) {
             if (r != o)
                 af__rec_free(r);
             return azc_err_set(e, AZC_ENOMEM, "out of memory");
         }
-        t[r->nteams++].origin = (short)origin;
+        r->teams[r->nteams++].origin = (short)origin;
         b->g->memberships++;
     }
     if ((rc = af__rec_commit(&b->g->main, r, b->born, &b->gc)) != AZC_OK ||
@@ -271,7 +265,7 @@ static int principal_drop(build *b, const asg *a)
 
     if (o == NULL)
         return AZC_OK;
-    if ((r = af__rec_writable(o, a->ptype, a->ptype_id, h, b->born)) == NULL)
+    if ((r = af__rec_writable(o, a->ptype, a->ptype_id, h, b->born, 0)) == NULL)
         return AZC_ENOMEM;
     had = r->nent > 0;
     if (af__ents_drop(r, a) != AZC_OK) {
@@ -292,7 +286,7 @@ static int principal_add(build *b, const asg *a)
     rec *o = find_main(b, a->ptype, a->ptype_id, &h), *r;
     int had, rc;
 
-    if ((r = af__rec_writable(o, a->ptype, a->ptype_id, h, b->born)) == NULL)
+    if ((r = af__rec_writable(o, a->ptype, a->ptype_id, h, b->born, 0)) == NULL)
         return AZC_ENOMEM;
     had = r->nent > 0;
     if (af__ents_add(r, a) != AZC_OK) {
@@ -386,7 +380,7 @@ static int apply_policy(build *b, const json_t *row, int deleted, int origin, az
     }
     if (!applies)
         return AZC_OK;
-    if ((r = af__rec_alloc(id)) == NULL || (r->a = a = asg_alloc(id, pid, res, perms)) == NULL)
+    if ((r = af__rec_alloc(id, 0)) == NULL || (r->a = a = asg_alloc(id, pid, res, perms)) == NULL)
         goto oom;
     r->kind = K_ASG;
     r->born = b->born;

@@ -75,8 +75,11 @@ static inline const char *ref_id(const ref *x)
 typedef struct rec {
     uint64_t h;
     int kind;
+    uint32_t refcap;    /* room for references, inside this allocation */
     char *key;
-    /* K_USER: its teams; K_SUBJ: its users (one array, by kind) */
+    /* K_USER: its teams; K_SUBJ: its users (one array, by kind), inside
+     * this allocation after the key, so following them misses no further
+     * cache line of their own */
     union {
         size_t nteams;
         size_t nusers;
@@ -205,12 +208,13 @@ void af__rec_free(rec *r);
 void af__gc_run(garbage *g, int free_items);
 int af__table_put(table *t, int kind, uint64_t h, const char *key, rec *r, uint64_t born,
                      garbage *gc);
-rec *af__rec_alloc(const char *key);
+rec *af__rec_alloc(const char *key, size_t refcap);
 int af__ref_set(ref *x, const char *id, uint64_t h);
 int af__ref_copy(ref *dst, const ref *src);
 int af__ents_add(rec *r, const asg *a);
 int af__ents_drop(rec *r, const asg *a);
-rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t born);
+rec *af__rec_writable(rec *r, int kind, const char *key, uint64_t h, uint64_t born,
+                      size_t extra_refs);
 int af__rec_commit(table *t, rec *r, uint64_t born, garbage *gc);
 int af__table_init(table *t, size_t nb, uint64_t born);
 void af__gen_free_all(gen *g);
