@@ -698,6 +698,9 @@ static void test_snapshot_ndjson(void **state)
     fake_set_snapshot(fx->fk, snapshot(10, marks(0, 0, 0), base_users(), json_array(),
                                        json_pack("[o]", policy_row("a1", "user", U_ALICE,
                                                                    "runtime_groups/rg1", "us", 0))));
+    /* Spoilt from the first request on: a filter that got the fake's
+     * default (plain JSON) first would load it and never ask again. */
+    fake_set_ndjson(fx->fk, spoilt[0]);
     open_filter(fx, "", 30000);
     for (i = 0; i < sizeof spoilt / sizeof spoilt[0]; i++) {
         fx->mark = atomic_load(&fx->fk->snapshots_served);
