@@ -284,8 +284,8 @@ static void ents_put(ent *t, size_t cap, const ent *en)
     t[i] = *en;
 }
 
-/* Moves r's entries for which keep() holds into a fresh table sized for
- * `want` entries (none: no table). */
+/* Moves r's entries, all but those of `drop`, into a fresh table with
+ * room for `want` entries (none: no table). */
 static int ents_rebuild(rec *r, size_t want, const asg *drop)
 {
     size_t cap = 0, i, n = 0;
@@ -585,9 +585,8 @@ void af_index_check(af_index *ix, const af_query *q, af_result *out)
 
             tr[j] = NULL;
             for (k = 0; bk[j] != NULL && k < bk[j]->n; k++)
-                if (bk[j]->s[k].h == u->teams[j].h) {
+                if (bk[j]->s[k].h == u->teams[j].h)
                     __builtin_prefetch(bk[j]->s[k].r);
-                }
         }
         for (j = 0; j < nt; j++) {
             tr[j] = table_find(&g->main, K_TEAM, u->teams[j].h, ref_id(&u->teams[j]));
@@ -596,7 +595,8 @@ void af_index_check(af_index *ix, const af_query *q, af_result *out)
         }
         for (j = 0; j < u->nteams; j++) {
             const rec *t = j < nt ? tr[j]
-                                  : table_find(&g->main, K_TEAM, u->teams[j].h, ref_id(&u->teams[j]));
+                                  : table_find(&g->main, K_TEAM, u->teams[j].h,
+                                               ref_id(&u->teams[j]));
 
             if ((en = scan(t, &rq)) != NULL) {
                 out->allowed = 1;

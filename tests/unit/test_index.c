@@ -691,6 +691,25 @@ static void test_heavy_principal(void **state)
     af_index_free(ix);
 }
 
+/* Applies a feed answer of one membership change at seq (its cursor). */
+static void apply_membership_change(af_index *ix, int seq, const char *team, const char *user,
+                                    int deleted)
+{
+    char cur[16];
+    json_t *j;
+    azc_err e;
+
+    snprintf(cur, sizeof cur, "%d", seq);
+    j = json_pack("{s:[{s:i, s:s, s:{s:s, s:s, s:i, s:s, s:i, s:b}}], s:s, s:b}", "changes",
+                  "seq", seq, "kind", "membership", "row", "team_id", team, "user_id", user,
+                  "hlc", seq, "origin", "us", "origin_seq", seq, "deleted", deleted, "cursor",
+                  cur, "more", 0);
+    assert_non_null(j);
+    if (af_index_apply(ix, j, &e) != AZC_OK)
+        fail_msg("apply: %s", e.msg);
+    json_decref(j);
+}
+
 /* Ids too long to sit inside a reference (REF_SMALL) are kept apart:
  * loaded, copied into a new generation, removed. */
 static void test_long_ids(void **state)
@@ -720,22 +739,12 @@ static void test_long_ids(void **state)
     json_decref(j);
     assert_int_equal(allowed(ix, "long", "doc:read", "doc/1", &r), 1);
     /* A second membership: the user's record is copied, long ids too. */
-    snprintf(doc, sizeof doc,
-             "{\"changes\":[{\"seq\":2,\"kind\":\"membership\",\"row\":{\"team_id\":\"t2\","
-             "\"user_id\":\"%s\",\"hlc\":2,\"origin\":\"us\",\"origin_seq\":2,"
-             "\"deleted\":false}}],\"cursor\":\"2\",\"more\":false}", uid);
-    j = parse(doc);
-    assert_int_equal(af_index_apply(ix, j, &e), AZC_OK);
-    json_decref(j);
+    apply_membership_change(ix, 2, "t2", uid, 0);
     assert_int_equal(allowed(ix, "long", "doc:read", "doc/1", &r), 1);
-    snprintf(doc, sizeof doc,
-             "{\"changes\":[{\"seq\":3,\"kind\":\"membership\",\"row\":{\"team_id\":\"%s\","
-             "\"user_id\":\"%s\",\"hlc\":3,\"origin\":\"us\",\"origin_seq\":3,"
-             "\"deleted\":true}}],\"cursor\":\"3\",\"more\":false}", tid, uid);
-    j = parse(doc);
-    assert_int_equal(af_index_apply(ix, j, &e), AZC_OK);
-    json_decref(j);
+    assert_true(af__index_refs_ok(ix));
+    apply_membership_change(ix, 3, tid, uid, 1);
     assert_int_equal(allowed(ix, "long", "doc:read", "doc/1", &r), 0);
+    assert_true(af__index_refs_ok(ix));
     af_index_free(ix);
 }
 
