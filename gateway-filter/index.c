@@ -342,8 +342,8 @@ int af__ents_drop(rec *r, const asg *a)
 
 static int rec_empty(const rec *r)
 {
-    return r->subject == NULL && r->nteams == 0 && r->nent == 0 && r->nusers == 0 &&
-           r->a == NULL;
+    /* nteams also counts a subject's users: one array, by kind */
+    return r->subject == NULL && r->nteams == 0 && r->nent == 0 && r->a == NULL;
 }
 
 /* Commits a writable record: removed when it holds nothing any more. */

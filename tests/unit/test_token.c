@@ -1,7 +1,7 @@
 /*
  * Unit tests of the gateway filter's token verification (gateway-filter/
- * token.h) and of the JWKS loader and zero-ECDSA check it relies on in
- * common/jwt.c: every JWT attack from issue 11, the per-thread cache, key
+ * token.h) and of the JWKS loader (common/jwks.c) and zero-ECDSA check
+ * (common/jwt.c) it relies on: every JWT attack from issue 11, the per-thread cache, key
  * rotation. Keys are generated here with OpenSSL; tokens are signed with
  * azc_jwt_sign, with libjwt directly (extra headers) or by hand with HMAC
  * for malformed payloads.
