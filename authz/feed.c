@@ -1,6 +1,6 @@
 /*
- * GET /v1/policy/changes?after=&wait=&limit=&watermarks=&stream=: its waiters
- * and its streams.
+ * GET /v1/policy/changes?after=&wait=&limit=&watermarks=&stream=&exclude_origin=:
+ * its waiters and its streams.
  *
  * One statement reads the changes, the feed bounds and the watermarks, so
  * they come from one snapshot: watermarks never claim more than the
@@ -123,7 +123,8 @@ static void on_client_gone(azc_http_req *r, void *arg)
 
 /* Answers r now with what there is: from the worker's last read when that
  * is current and r is at its head, else from a read of its own. */
-static void answer_now(az_feed *f, azc_http_req *r, long long after, int limit)
+static void answer_now(az_feed *f, azc_http_req *r, long long after, int limit,
+                       const char *exclude)
 {
     feed_read rd;
     answer a;
@@ -132,7 +133,7 @@ static void answer_now(az_feed *f, azc_http_req *r, long long after, int limit)
 
     if (f->fresh && after == f->last.last_seq) {
         a = az__feed_answer_for(&f->last, after, limit);
-        az__feed_send_answer(f, r, &f->last, after, &a);
+        az__feed_send_answer(f, r, &f->last, after, &a, exclude);
         return;
     }
     if ((rc = az__feed_read_feed(f, after, limit, "request", &rd, &e)) != AZC_OK) {
@@ -141,7 +142,7 @@ static void answer_now(az_feed *f, azc_http_req *r, long long after, int limit)
     }
     az__feed_remember(f, &rd);
     a = az__feed_answer_for(&rd, after, limit);
-    az__feed_send_answer(f, r, &rd, after, &a);
+    az__feed_send_answer(f, r, &rd, after, &a, exclude);
     az__feed_read_clear(&rd);
 }
 
@@ -152,12 +153,14 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     azc_http_req *r = wt->r;
     long long after = wt->after;
     int limit = wt->limit;
+    char exclude[sizeof wt->exclude];
 
     (void)fd;
     (void)what;
+    memcpy(exclude, wt->exclude, sizeof exclude);
     waiter_unlink_free(wt);
     az__feed_count_waiters(f);
-    answer_now(f, r, after, limit);
+    answer_now(f, r, after, limit, exclude);
 }
 
 static int by_cursor(const void *a, const void *b)
@@ -174,7 +177,7 @@ static int by_cursor(const void *a, const void *b)
  * how many. Waiters that get the same answer share one serialised body. */
 static size_t answer_from(az_feed *f, const feed_read *rd, waiter **list, size_t n)
 {
-    char *text = NULL;
+    char *text = NULL, text_excl[AZC_REGION_MAX + 1] = "", excl[AZC_REGION_MAX + 1];
     long long text_after = -1;
     answer text_ans = { ANS_NONE, 0, 0, 0 };
     size_t i, keep = 0;
@@ -184,6 +187,7 @@ static size_t answer_from(az_feed *f, const feed_read *rd, waiter **list, size_t
         azc_http_req *r = wt->r;
         long long after = wt->after;
         answer a = az__feed_answer_for(rd, after, wt->limit);
+        int same_excl;
 
         if (a.kind == ANS_SHORT) {
             list[keep++] = wt;
@@ -192,17 +196,20 @@ static size_t answer_from(az_feed *f, const feed_read *rd, waiter **list, size_t
         if (a.kind == ANS_NONE &&
             (!wt->want_watermarks || strcmp(wt->watermarks_seen, rd->wm_text) == 0))
             continue;
+        same_excl = strcmp(wt->exclude, text_excl) == 0;
+        memcpy(excl, wt->exclude, sizeof excl);
         waiter_unlink_free(wt);
         if (a.kind == ANS_GONE) {
             az__feed_send_gone(r, rd, after);
             continue;
         }
         if (text == NULL || after != text_after || a.count != text_ans.count ||
-            a.more != text_ans.more) {
+            a.more != text_ans.more || !same_excl) {
             free(text);
-            text = az__feed_body_text(rd, after, &a);
+            text = az__feed_body_text(rd, after, &a, excl);
             text_after = after;
             text_ans = a;
+            memcpy(text_excl, excl, sizeof text_excl);
         }
         az__feed_send_text(f, r, text);
     }
@@ -525,7 +532,7 @@ static void wake_all(az_feed *f)
 /* Makes r wait; wm_seen (stolen) is the watermark text it was answered
  * against. On failure r is answered now. */
 static void start_waiting(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm,
-                          char *wm_seen, long long wait)
+                          const char *exclude, char *wm_seen, long long wait)
 {
     waiter *wt = calloc(1, sizeof *wt);
     struct timeval tv;
@@ -542,6 +549,7 @@ static void start_waiting(az_feed *f, azc_http_req *r, long long after, int limi
     wt->after = after;
     wt->limit = limit;
     wt->want_watermarks = want_wm;
+    snprintf(wt->exclude, sizeof wt->exclude, "%s", exclude);
     wt->watermarks_seen = wm_seen;
     tv.tv_sec = wait / 1000;
     tv.tv_usec = (wait % 1000) * 1000;
@@ -550,7 +558,7 @@ static void start_waiting(az_feed *f, azc_http_req *r, long long after, int limi
         event_free(wt->timer);
         free(wm_seen);
         free(wt);
-        answer_now(f, r, after, limit);
+        answer_now(f, r, after, limit, exclude);
         return;
     }
     /* A follower's connection: its answers and its next polls wait for
@@ -574,6 +582,7 @@ void az_changes_handler(azc_http_req *r, void *arg)
     az_feed *f = w->feed;
     const char *wmq = azc_http_req_query(r, "watermarks");
     const char *sq = azc_http_req_query(r, "stream");
+    const char *xq = azc_http_req_query(r, "exclude_origin");
     long long after, wait = 0, limit = DEFAULT_LIMIT;
     int want_wm, rc;
     feed_read rd;
@@ -604,6 +613,14 @@ void az_changes_handler(azc_http_req *r, void *arg)
         azc_http_reply_error(r, 400, "invalid_request", "stream must be 0 or 1");
         return;
     }
+    /* A replicator leaves out its own region's rows: it would only skip
+     * them, after this server encoded and sent them and it parsed them. */
+    if (xq != NULL && !azc_region_valid(xq)) {
+        azc_http_reply_error(r, 400, "invalid_request", "exclude_origin must be a region name");
+        return;
+    }
+    if (xq == NULL)
+        xq = "";
     if (sq != NULL && strcmp(sq, "1") == 0) {
         /* A stream never ends by itself: a wait would be a contradiction
          * the follower should learn of, not have ignored. */
@@ -612,13 +629,13 @@ void az_changes_handler(azc_http_req *r, void *arg)
                                  "wait does not apply to a stream (stream=1)");
             return;
         }
-        az__feed_start_stream(f, r, after, (int)limit, want_wm);
+        az__feed_start_stream(f, r, after, (int)limit, want_wm, xq);
         return;
     }
     /* At the head of a current last read there is nothing to read: the
      * next commit's notification is still to come and will wake it. */
     if (wait > 0 && f->fresh && after == f->last.last_seq) {
-        start_waiting(f, r, after, (int)limit, want_wm, strdup(f->last.wm_text), wait);
+        start_waiting(f, r, after, (int)limit, want_wm, xq, strdup(f->last.wm_text), wait);
         return;
     }
     if ((rc = az__feed_read_feed(f, after, (int)limit, "request", &rd, &e)) != AZC_OK) {
@@ -632,10 +649,10 @@ void az_changes_handler(azc_http_req *r, void *arg)
 
         rd.wm_text = NULL;
         az__feed_read_clear(&rd);
-        start_waiting(f, r, after, (int)limit, want_wm, seen, wait);
+        start_waiting(f, r, after, (int)limit, want_wm, xq, seen, wait);
         return;
     }
-    az__feed_send_answer(f, r, &rd, after, &a);
+    az__feed_send_answer(f, r, &rd, after, &a, xq);
     az__feed_read_clear(&rd);
 }
 

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "authz/feed.h"
+#include "common/revision.h"
 
 #define NDJSON "application/x-ndjson"
 
@@ -29,6 +30,7 @@ typedef struct waiter {
     long long after;
     int limit;
     int want_watermarks;
+    char exclude[AZC_REGION_MAX + 1];  /* exclude_origin: rows of it left out, "" for none */
     char *watermarks_seen;     /* the text when it started waiting */
     int wm_due;                /* new watermarks to answer with, at a slice (feed.c) */
     struct waiter *prev, *next;
@@ -43,6 +45,7 @@ typedef struct stream {
     long long cursor;          /* of the last message queued */
     int limit;
     int want_watermarks;
+    char exclude[AZC_REGION_MAX + 1];  /* exclude_origin: rows of it left out, "" for none */
     char *watermarks_sent;     /* want_watermarks: the text of the last message that had them */
     int busy;                  /* a line is queued and not yet written out */
     int pending;               /* something may be due once it is (or a read failed) */
@@ -117,12 +120,15 @@ int az__feed_listening(const az_feed *f);
 /* Keeps rd's bounds and watermarks as the worker's newest read. */
 void az__feed_remember(az_feed *f, const feed_read *rd);
 answer az__feed_answer_for(const feed_read *rd, long long after, int limit);
-/* The JSON text of answer a (malloc'd), NULL when out of memory. */
-char *az__feed_body_text(const feed_read *rd, long long after, const answer *a);
+/* The JSON text of answer a (malloc'd), NULL when out of memory; rows of
+ * origin `exclude` ("" for none) are left out, the cursor still passes
+ * them. */
+char *az__feed_body_text(const feed_read *rd, long long after, const answer *a,
+                         const char *exclude);
 void az__feed_send_text(az_feed *f, azc_http_req *r, const char *text);
 void az__feed_send_gone(azc_http_req *r, const feed_read *rd, long long after);
 void az__feed_send_answer(az_feed *f, azc_http_req *r, const feed_read *rd, long long after,
-                          const answer *a);
+                          const answer *a, const char *exclude);
 void az__feed_send_read_error(az_feed *f, azc_http_req *r, int rc, const azc_err *e);
 
 /* ---- feed.c ---- */
@@ -151,6 +157,7 @@ void az__feed_catch_up_soon(az_feed *f);
  * names it in the warning if it cannot be scheduled. */
 void az__feed_run_soon(az_feed *f, struct event *ev, const char *what);
 /* Answers r as a stream (see feed.c). */
-void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm);
+void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm,
+                           const char *exclude);
 
 #endif

@@ -149,9 +149,21 @@ answer az__feed_answer_for(const feed_read *rd, long long after, int limit)
     return a;
 }
 
+/* 1 if change c (an element of rd->rows) is a row of origin `exclude`. */
+static int of_origin(json_t *c, const char *exclude)
+{
+    const char *o = json_string_value(json_object_get(json_object_get(c, "row"), "origin"));
+
+    return o != NULL && strcmp(o, exclude) == 0;
+}
+
 /* The 200 body of answer a (ANS_ROWS or ANS_NONE) as compact JSON text
- * (malloc'd); NULL when out of memory. */
-char *az__feed_body_text(const feed_read *rd, long long after, const answer *a)
+ * (malloc'd); NULL when out of memory. Rows of origin `exclude` (a
+ * replicator's own region, which it would only skip) are left out; the
+ * cursor is still the last row the answer covers, so the follower moves
+ * past them. */
+char *az__feed_body_text(const feed_read *rd, long long after, const answer *a,
+                         const char *exclude)
 {
     json_t *changes = json_array(), *body;
     char cur[24];
@@ -161,7 +173,11 @@ char *az__feed_body_text(const feed_read *rd, long long after, const answer *a)
     if (changes == NULL)
         return NULL;
     for (i = 0; i < a->count; i++) {
-        if (json_array_append(changes, json_array_get(rd->rows, a->start + i)) != 0) {
+        json_t *c = json_array_get(rd->rows, a->start + i);
+
+        if (exclude[0] != '\0' && of_origin(c, exclude))
+            continue;
+        if (json_array_append(changes, c) != 0) {
             json_decref(changes);
             return NULL;
         }
@@ -200,7 +216,7 @@ void az__feed_send_gone(azc_http_req *r, const feed_read *rd, long long after)
 /* Answers r with what rd holds for it (never ANS_SHORT: rd was read from
  * its own cursor and limit, or is the worker's last read at its cursor). */
 void az__feed_send_answer(az_feed *f, azc_http_req *r, const feed_read *rd, long long after,
-                        const answer *a)
+                          const answer *a, const char *exclude)
 {
     char *text;
 
@@ -208,7 +224,7 @@ void az__feed_send_answer(az_feed *f, azc_http_req *r, const feed_read *rd, long
         az__feed_send_gone(r, rd, after);
         return;
     }
-    text = az__feed_body_text(rd, after, a);
+    text = az__feed_body_text(rd, after, a, exclude);
     az__feed_send_text(f, r, text);
     free(text);
 }

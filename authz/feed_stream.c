@@ -138,7 +138,7 @@ int az__feed_by_stream_cursor(const void *a, const void *b)
  * returns how many. */
 size_t az__feed_stream_answer_from(az_feed *f, const feed_read *rd, stream **list, size_t n)
 {
-    char *text = NULL;
+    char *text = NULL, text_excl[AZC_REGION_MAX + 1] = "";
     long long text_after = -1;
     answer text_ans = { ANS_NONE, 0, 0, 0 };
     size_t i, keep = 0;
@@ -160,11 +160,12 @@ size_t az__feed_stream_answer_from(az_feed *f, const feed_read *rd, stream **lis
             (!st->want_watermarks || strcmp(st->watermarks_sent, rd->wm_text) == 0))
             continue;
         if (text == NULL || st->cursor != text_after || a.count != text_ans.count ||
-            a.more != text_ans.more) {
+            a.more != text_ans.more || strcmp(st->exclude, text_excl) != 0) {
             free(text);
-            text = az__feed_body_text(rd, st->cursor, &a);
+            text = az__feed_body_text(rd, st->cursor, &a, st->exclude);
             text_after = st->cursor;
             text_ans = a;
+            memcpy(text_excl, st->exclude, sizeof text_excl);
         }
         stream_deliver(f, st, rd, &a, text);
     }
@@ -267,7 +268,8 @@ static void on_head_drain(azc_http_req *r, void *arg)
  * read when that is current and r is at its head, else from a read of its
  * own), the next ones from wake-ups. A cursor outside the feed, or a
  * failed read, gets the long poll's error status instead. */
-void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm)
+void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm,
+                           const char *exclude)
 {
     feed_read rd, *src = &rd;
     stream *st = NULL;
@@ -302,7 +304,7 @@ void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int lim
         st->f = f;
     if (st == NULL || (st->keepalive = evtimer_new(f->w->base, on_keepalive, st)) == NULL ||
         (want_wm && (st->watermarks_sent = strdup("")) == NULL) ||
-        (text = az__feed_body_text(src, after, &a)) == NULL) {
+        (text = az__feed_body_text(src, after, &a, exclude)) == NULL) {
         if (st != NULL)
             az__feed_stream_free(st);
         azc_http_reply_error(r, 500, "internal", "out of memory");
@@ -311,6 +313,7 @@ void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int lim
     st->cursor = after;
     st->limit = limit;
     st->want_watermarks = want_wm;
+    snprintf(st->exclude, sizeof st->exclude, "%s", exclude);
     /* On failure it has answered 500 itself. */
     if (azc_http_reply_start(r, 200, NDJSON, on_stream_drain, on_stream_close, st) != AZC_OK) {
         az__feed_stream_free(st);

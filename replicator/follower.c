@@ -570,12 +570,14 @@ static int request(rp_follower *f, azc_err *e)
         snprintf(path, sizeof path, "%s/v1/policy/snapshot?tombstones=1", f->prefix);
     else if (stream)
         snprintf(path, sizeof path,
-                 "%s/v1/policy/changes?after=%lld&limit=%lld&watermarks=1&stream=1", f->prefix,
-                 f->cursor, f->sh->set.limit);
+                 "%s/v1/policy/changes?after=%lld&limit=%lld&watermarks=1&stream=1"
+                 "&exclude_origin=%s", f->prefix, f->cursor, f->sh->set.limit,
+                 f->sh->set.region);
     else
         snprintf(path, sizeof path,
-                 "%s/v1/policy/changes?after=%lld&limit=%lld&wait=%lld&watermarks=1", f->prefix,
-                 f->cursor, f->sh->set.limit, f->sh->set.wait_ms);
+                 "%s/v1/policy/changes?after=%lld&limit=%lld&wait=%lld&watermarks=1"
+                 "&exclude_origin=%s", f->prefix, f->cursor, f->sh->set.limit,
+                 f->sh->set.wait_ms, f->sh->set.region);
     /* A stream's body has no end, only its lines are bounded (MAX_LINE);
      * its timeout is the dead-peer one, restarted by every byte. */
     if (stream) {

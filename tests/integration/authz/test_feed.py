@@ -649,6 +649,80 @@ def test_stream_bad_parameters(quiet):
     assert streams(quiet) == 0
 
 
+def add_mixed(server, n):
+    """Commits n users in one transaction, of origins yy and zz in turn
+    (yy first): rows of two origins interleaved in one commit."""
+    server.sql("INSERT INTO authz.users (user_id, subject, hlc, origin, origin_seq)"
+               " SELECT gen_random_uuid(), 'mix' || g, 1,"
+               "        CASE WHEN g % 2 = 1 THEN 'yy' ELSE 'zz' END, g"
+               f" FROM generate_series(1, {n}) g")
+
+
+def origins_of(body):
+    return [c["row"]["origin"] for c in body["changes"]]
+
+
+def test_exclude_origin(quiet):
+    """A replicator's own rows are left out of its answers (it would only
+    skip them); the cursor still moves past them, and followers that
+    exclude another origin or none, on the same cursor, each get theirs."""
+    cur = head(quiet)
+    add_mixed(quiet, 6)
+    r = quiet.get(f"/v1/policy/changes?after={cur}&exclude_origin=zz&watermarks=1")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert origins_of(body) == ["yy"] * 3, body
+    assert [c["seq"] for c in body["changes"]] == [cur + 1, cur + 3, cur + 5]
+    assert body["cursor"] == str(cur + 6) and body["more"] is False and "watermarks" in body
+    # The limit counts the feed's rows, not the ones sent: the cursor is
+    # the last row covered, even when that row was left out.
+    body = quiet.get(f"/v1/policy/changes?after={cur}&limit=2&exclude_origin=zz").json()
+    assert [c["seq"] for c in body["changes"]] == [cur + 1]
+    assert body["cursor"] == str(cur + 2) and body["more"] is True
+    body = quiet.get(f"/v1/policy/changes?after={cur + 5}&limit=1&exclude_origin=zz").json()
+    assert body == {"changes": [], "cursor": str(cur + 6), "more": False,
+                    "watermarks": body["watermarks"]}
+
+    # Waiters on one cursor woken by one read, each answered for its own
+    # exclusion (the sorted list puts them side by side: a body shared
+    # across exclusions would be wrong for some).
+    at = head(quiet)
+    polls = [(x, Poll(quiet, after=at, wait=30000, **({"exclude_origin": x} if x else {})))
+             for x in ("zz", "", "yy", "zz", "", "yy")]
+    waiters(quiet, len(polls))
+    add_mixed(quiet, 4)
+    want = {"zz": ["yy", "yy"], "yy": ["zz", "zz"], "": ["yy", "zz", "yy", "zz"]}
+    for x, p in polls:
+        status, _, body = p.result()
+        assert status == 200 and origins_of(body) == want[x], (x, body)
+        assert body["cursor"] == str(at + 4), (x, body)
+
+    # A stream: a commit of only excluded rows still moves its cursor (an
+    # empty line), mixed commits carry the others.
+    at = head(quiet)
+    s = Stream(quiet, after=at, exclude_origin="zz")
+    plain = Stream(quiet, after=at)
+    assert s.message()["cursor"] == str(at) and plain.message()["cursor"] == str(at)
+    wait_until(lambda: streams(quiet) == 2, 30, "the two streams")
+    add_users(quiet, 2)                 # origin zz only
+    m = s.message()
+    assert m["changes"] == [] and m["cursor"] == str(at + 2), m
+    assert origins_of(plain.message()) == ["zz", "zz"]
+    add_mixed(quiet, 2)
+    m = s.message()
+    assert origins_of(m) == ["yy"] and m["cursor"] == str(at + 4), m
+    assert origins_of(plain.message()) == ["yy", "zz"]
+    close_streams(quiet, s, plain)
+
+    # Not a region name: refused, for polls and streams alike.
+    for q in ("exclude_origin=", "exclude_origin=ZZ", "exclude_origin=zz%20",
+              "exclude_origin=" + "a" * 33, "exclude_origin=1zz&stream=1",
+              "exclude_origin=zz%2Cyy&stream=1"):
+        r = quiet.get(f"/v1/policy/changes?after={cur}&{q}")
+        assert r.status_code == 400, (q, r.text)
+        assert r.json()["error"]["code"] == "invalid_request", (q, r.text)
+
+
 def test_stream_keepalive(cluster, workdir):
     topic = f"feed-keepalive.{uuid.uuid4().hex[:8]}"
     subprocess.run([os.path.join(BIN, "authz-kafka-admin"), "create-topics", "--bootstrap",
