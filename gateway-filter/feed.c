@@ -43,6 +43,7 @@
 
 #include "common/hlc.h"
 #include "common/url.h"
+#include "gateway-filter/applier.h"
 #include "gateway-filter/snapload.h"
 
 #define NDJSON "application/x-ndjson"
@@ -72,6 +73,7 @@ struct af_feed {
     long long snap_bytes;        /* of the NDJSON snapshot so far */
     json_t *snap_end;            /* its end line's row counts */
     af_snapload *loader;         /* the NDJSON snapshot being loaded */
+    af_applier *applier;         /* applies stream lines (NULL: on this thread) */
     int attempt;                 /* failures in a row, for the backoff */
     int apply_failures;
     char abort_msg[AZC_ERRMSG_MAX];
@@ -218,7 +220,7 @@ static void stream_line(af_feed *fd, const char *line, size_t n)
         return;
     }
     changes = json_object_get(body, "changes");
-    if (af_index_apply(fd->o.ix, body, &e) != AZC_OK) {
+    if (af_applier_apply(fd->applier, fd->o.ix, body, &e) != AZC_OK) {
         snprintf(msg, sizeof msg, "a stream line not applied: %s", e.msg);
         if (++fd->apply_failures >= APPLY_FAILURES_RELOAD)
             reload_snapshot(fd, "stream lines failed repeatedly");
@@ -610,6 +612,7 @@ void af_feed_free(af_feed *fd)
         (void)pthread_join(fd->thread, NULL);
     }
     drop_conn(fd);
+    af_applier_free(fd->applier);
     if (fd->step_ev != NULL)
         event_free(fd->step_ev);
     if (fd->abort_ev != NULL)
@@ -661,6 +664,9 @@ af_feed *af_feed_new(const af_feed_opts *o, azc_err *e)
         azc_err_set(e, AZC_ERROR, "cannot create the feed's event loop");
         goto fail;
     }
+    /* Without it lines are applied here, only more slowly over time. */
+    if ((fd->applier = af_applier_new()) == NULL)
+        azc_logf(o->log, AZC_LOG_WARN, "filter feed: no applier thread; applying on the feed's");
     fd->step = STEP_SNAPSHOT;
     arm(fd, 0);
     if (pthread_create(&fd->thread, NULL, feed_main, fd) != 0) {
