@@ -27,7 +27,11 @@
  * count as older in the result.
  *
  * Bad rows go to authz.replication_dead_letters with their raw JSON and
- * the reason; the others still apply. A row that passes the C checks but
+ * the reason; the others still apply. A row is checked as strictly as the
+ * gateway filters check it (subjects, region names, resource patterns,
+ * permissions: common/policy.h), since a row they refuse makes every
+ * filter of the region refuse the snapshot that holds it: one bad row
+ * from a peer would take the region's gateways down. A row that passes the C checks but
  * fails in PostgreSQL (a uuid that is not one, a CHECK) would abort the
  * transaction, so the batch first runs without savepoints, its run
  * statements pipelined (libpq pipeline mode: a few round trips per batch),
@@ -46,6 +50,8 @@
 #include <string.h>
 
 #include "common/pg.h"
+#include "common/policy.h"
+#include "common/revision.h"
 #include "replicator/apply.h"
 
 const char *const rp_kind_names[RP_NKINDS] = { "user", "membership", "policy" };
@@ -217,8 +223,8 @@ static const char *row_prepare(item *it)
         return "origin_seq is not a non-negative integer";
     if (!json_is_boolean(del))
         return "deleted is not a boolean";
-    if (origin == NULL || origin[0] == '\0')
-        return "origin is not a non-empty string";
+    if (origin == NULL || !azc_region_valid(origin))
+        return "origin is not a region name";
     snprintf(it->nums[0], NUM_LEN, "%lld", (long long)json_integer_value(hlc));
     snprintf(it->nums[1], NUM_LEN, "%lld", (long long)json_integer_value(oseq));
     snprintf(it->nums[2], NUM_LEN, "%s", json_is_true(del) ? "true" : "false");
@@ -228,6 +234,8 @@ static const char *row_prepare(item *it)
             return "user_id is not a string";
         if ((it->params[n++] = str_member(row, "subject")) == NULL)
             return "subject is not a string";
+        if (!azc_subject_valid(it->params[n - 1]))
+            return "subject is not a valid subject";
         break;
     case RP_KIND_MEMBERSHIP:
         if ((it->params[n++] = str_member(row, "team_id")) == NULL)
@@ -246,8 +254,12 @@ static const char *row_prepare(item *it)
             return "role_id is not a string";
         if ((it->params[n++] = str_member(row, "region")) == NULL)
             return "region is not a string";
+        if (strcmp(it->params[n - 1], "*") != 0 && !azc_region_valid(it->params[n - 1]))
+            return "region is not a region name or \"*\"";
         if ((it->params[n++] = str_member(row, "resource")) == NULL)
             return "resource is not a string";
+        if (!azc_resource_valid(it->params[n - 1]))
+            return "resource is not a resource pattern";
         perms = json_object_get(row, "permissions");
         if (!json_is_array(perms))
             return "permissions is not an array";
@@ -256,6 +268,8 @@ static const char *row_prepare(item *it)
 
             if (!json_is_string(p) || strlen(json_string_value(p)) != json_string_length(p))
                 return "permissions holds a non-string";
+            if (!azc_permission_valid(json_string_value(p)))
+                return "permissions holds an invalid permission";
         }
         if ((it->perms = json_dumps(perms, JSON_COMPACT)) == NULL)
             return "permissions cannot be encoded";

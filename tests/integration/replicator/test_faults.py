@@ -18,6 +18,11 @@ from test_replication import grant
 GOOD_USER = str(uuid.uuid4())
 FK_HLC = (int(time.time() * 1000) << 16)
 
+FK_POLICY = {"assignment_id": str(uuid.uuid4()), "principal_type": "user",
+             "principal_id": GOOD_USER, "role_id": str(uuid.uuid4()), "region": "*",
+             "resource": "doc/fk", "permissions": ["doc:read"], "hlc": FK_HLC, "origin": "fk",
+             "origin_seq": 7, "deleted": False}
+
 BAD_BATCH = {
     "changes": [
         {"seq": 1, "kind": "user", "row": {"user_id": str(uuid.uuid4()), "subject": 5,
@@ -31,9 +36,20 @@ BAD_BATCH = {
         {"seq": 5, "kind": "user", "row": {"user_id": GOOD_USER, "subject": "fk-good",
                                           "hlc": FK_HLC, "origin": "fk", "origin_seq": 5,
                                           "deleted": False}},
+        # Rows the gateway filters would refuse (a region's every filter
+        # would then refuse its snapshot): recorded, never stored.
+        {"seq": 6, "kind": "user", "row": {"user_id": str(uuid.uuid4()), "subject": "has space",
+                                          "hlc": FK_HLC, "origin": "fk", "origin_seq": 6,
+                                          "deleted": False}},
+        {"seq": 7, "kind": "policy", "row": dict(FK_POLICY, resource="doc/a/b")},
+        {"seq": 8, "kind": "policy", "row": dict(FK_POLICY, permissions=["doc:read", "read"])},
+        {"seq": 9, "kind": "policy", "row": dict(FK_POLICY, region="EU")},
+        {"seq": 10, "kind": "user", "row": {"user_id": str(uuid.uuid4()), "subject": "fk-o",
+                                           "hlc": FK_HLC, "origin": "Fk!", "origin_seq": 10,
+                                           "deleted": False}},
         "junk",
     ],
-    "cursor": "6", "more": False,
+    "cursor": "11", "more": False,
     "watermarks": {"fk": {"applied": FK_HLC, "known": FK_HLC}},
 }
 
@@ -77,7 +93,7 @@ class FakePeer:
                     return self.reply(200, json.dumps({
                         "region": "fk", "cursor": "0", "watermarks": {},
                         "users": [], "memberships": [], "policies": []}).encode())
-                empty = json.dumps({"changes": [], "cursor": "6", "more": False}).encode()
+                empty = json.dumps({"changes": [], "cursor": "11", "more": False}).encode()
                 first = json.dumps(BAD_BATCH).encode() if "after=0&" in self.path else empty
                 if stream:
                     return self.stream([first], mode)
@@ -164,7 +180,7 @@ def reaches_target(regions, target, tag):
 
 
 def test_bad_rows_are_dead_letters_and_good_rows_apply(regions, target):
-    wait_until(lambda: target.sql("SELECT count(*) FROM authz.replication_dead_letters") == "5",
+    wait_until(lambda: target.sql("SELECT count(*) FROM authz.replication_dead_letters") == "10",
                30, "the bad rows recorded")
     got = target.sql("SELECT feed_seq, reason, raw FROM authz.replication_dead_letters"
                      " WHERE peer = 'fk' ORDER BY id").splitlines()
@@ -174,12 +190,19 @@ def test_bad_rows_are_dead_letters_and_good_rows_apply(regions, target):
     assert "hlc is not" in by_seq["3"]
     assert "22P02" in by_seq["4"] and "marker-not-a-uuid" in by_seq["4"]
     assert "change is not an object" in by_seq[""] and '"junk"' in by_seq[""]
+    assert "subject is not a valid subject" in by_seq["6"]
+    assert "resource is not a resource pattern" in by_seq["7"] and "doc/a/b" in by_seq["7"]
+    assert "invalid permission" in by_seq["8"]
+    assert "region is not a region name" in by_seq["9"]
+    assert "origin is not a region name" in by_seq["10"]
+    assert target.sql(f"SELECT count(*) FROM authz.policies"
+                      f" WHERE assignment_id = '{FK_POLICY['assignment_id']}'") == "0"
     assert target.sql(f"SELECT subject, origin FROM authz.users WHERE user_id = '{GOOD_USER}'") \
         == "fk-good|fk"
-    assert target.sql("SELECT cursor FROM authz.replication_cursors WHERE peer = 'fk'") == "6"
+    assert target.sql("SELECT cursor FROM authz.replication_cursors WHERE peer = 'fk'") == "11"
     assert target.sql("SELECT applied_hlc, source FROM authz.watermarks WHERE origin = 'fk'") \
         == f"{FK_HLC}|fk"
-    assert target.metric("rp_dead_letters_total", peer="fk") == 5
+    assert target.metric("rp_dead_letters_total", peer="fk") == 10
     assert target.metric("rp_rows_applied_total", peer="fk", kind="user") == 1
     reaches_target(regions, target, "sending-rows")
     assert set(target.fake.auth) == {"Bearer tok-1"}
@@ -202,7 +225,7 @@ def test_other_peer_keeps_flowing(regions, target, mode, kind):
         assert st["last_error"] and st["state"] in ("backoff", "following")
     assert target.status()["peers"]["eu"]["state"] == "following"
     # Nothing from the bad peer was applied or recorded meanwhile.
-    assert target.sql("SELECT count(*) FROM authz.replication_dead_letters") == "5"
+    assert target.sql("SELECT count(*) FROM authz.replication_dead_letters") == "10"
     fake.release.set()
     fake.mode = "rows"
     fake.release.clear()
