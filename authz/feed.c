@@ -187,7 +187,6 @@ static size_t answer_from(az_feed *f, const feed_read *rd, waiter **list, size_t
         azc_http_req *r = wt->r;
         long long after = wt->after;
         answer a = az__feed_answer_for(rd, after, wt->limit);
-        int same_excl;
 
         if (a.kind == ANS_SHORT) {
             list[keep++] = wt;
@@ -196,7 +195,6 @@ static size_t answer_from(az_feed *f, const feed_read *rd, waiter **list, size_t
         if (a.kind == ANS_NONE &&
             (!wt->want_watermarks || strcmp(wt->watermarks_seen, rd->wm_text) == 0))
             continue;
-        same_excl = strcmp(wt->exclude, text_excl) == 0;
         memcpy(excl, wt->exclude, sizeof excl);
         waiter_unlink_free(wt);
         if (a.kind == ANS_GONE) {
@@ -204,7 +202,7 @@ static size_t answer_from(az_feed *f, const feed_read *rd, waiter **list, size_t
             continue;
         }
         if (text == NULL || after != text_after || a.count != text_ans.count ||
-            a.more != text_ans.more || !same_excl) {
+            a.more != text_ans.more || strcmp(excl, text_excl) != 0) {
             free(text);
             text = az__feed_body_text(rd, after, &a, excl);
             text_after = after;

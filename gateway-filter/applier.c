@@ -46,32 +46,32 @@ static void *applier_main(void *arg)
 af_applier *af_applier_new(void)
 {
     af_applier *a = calloc(1, sizeof *a);
+    int inited = 0;
 
     if (a == NULL)
         return NULL;
-    if (pthread_mutex_init(&a->mu, NULL) != 0) {
-        free(a);
-        return NULL;
-    }
-    if (pthread_cond_init(&a->job_ready, NULL) != 0) {
-        pthread_mutex_destroy(&a->mu);
-        free(a);
-        return NULL;
-    }
-    if (pthread_cond_init(&a->job_done, NULL) != 0) {
-        pthread_cond_destroy(&a->job_ready);
-        pthread_mutex_destroy(&a->mu);
-        free(a);
-        return NULL;
-    }
-    if (pthread_create(&a->thread, NULL, applier_main, a) != 0) {
-        pthread_cond_destroy(&a->job_done);
-        pthread_cond_destroy(&a->job_ready);
-        pthread_mutex_destroy(&a->mu);
-        free(a);
-        return NULL;
-    }
+    /* Unwound in one place, in reverse: inited counts what stands. */
+    if (pthread_mutex_init(&a->mu, NULL) != 0)
+        goto fail;
+    inited++;
+    if (pthread_cond_init(&a->job_ready, NULL) != 0)
+        goto fail;
+    inited++;
+    if (pthread_cond_init(&a->job_done, NULL) != 0)
+        goto fail;
+    inited++;
+    if (pthread_create(&a->thread, NULL, applier_main, a) != 0)
+        goto fail;
     return a;
+fail:
+    if (inited > 2)
+        pthread_cond_destroy(&a->job_done);
+    if (inited > 1)
+        pthread_cond_destroy(&a->job_ready);
+    if (inited > 0)
+        pthread_mutex_destroy(&a->mu);
+    free(a);
+    return NULL;
 }
 
 int af_applier_apply(af_applier *a, af_index *ix, const json_t *answer, azc_err *e)

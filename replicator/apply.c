@@ -31,11 +31,11 @@
  * gateway filters check it (subjects, region names, resource patterns,
  * permissions: common/policy.h), since a row they refuse makes every
  * filter of the region refuse the snapshot that holds it: one bad row
- * from a peer would take the region's gateways down. A row that passes the C checks but
- * fails in PostgreSQL (a uuid that is not one, a CHECK) would abort the
- * transaction, so the batch first runs without savepoints, its run
- * statements pipelined (libpq pipeline mode: a few round trips per batch),
- * and, only when a statement fails for a row's data, is rolled back and
+ * from a peer would take the region's gateways down. A row that passes
+ * the C checks but fails in PostgreSQL (a uuid that is not one, a CHECK)
+ * would abort the transaction, so the batch first runs without
+ * savepoints, its run statements pipelined (libpq pipeline mode: a few
+ * round trips per batch), and, only when a statement fails for a row's data, is rolled back and
  * run again row by row with a savepoint around each row: the bad row
  * becomes a dead letter with PostgreSQL's reason, the rest applies.
  *

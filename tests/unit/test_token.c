@@ -1,10 +1,10 @@
 /*
  * Unit tests of the gateway filter's token verification (gateway-filter/
  * token.h) and of the JWKS loader (common/jwks.c) and zero-ECDSA check
- * (common/jwt.c) it relies on: every JWT attack from issue 11, the per-thread cache, key
- * rotation. Keys are generated here with OpenSSL; tokens are signed with
- * azc_jwt_sign, with libjwt directly (extra headers) or by hand with HMAC
- * for malformed payloads.
+ * (common/jwt.c) it relies on: every JWT attack from issue 11, the
+ * per-thread cache, key rotation. Keys are generated here with OpenSSL;
+ * tokens are signed with azc_jwt_sign, with libjwt directly (extra
+ * headers) or by hand with HMAC for malformed payloads.
  */
 #include <stdarg.h>
 #include <stddef.h>
