@@ -70,7 +70,8 @@
  * header (the request's own if it is 1-64 characters of [A-Za-z0-9._-],
  * else a new random one) and Content-Type application/json unless the
  * handler chose another. Each request gets one access-log line (info; debug
- * for /healthz, /readyz and /metrics) and, when a registry is given, is
+ * for /healthz, /readyz and /metrics, and below 500 on AZC_ROUTE_QUIET
+ * routes) and, when a registry is given, is
  * counted in http_requests_total{service,route,method,code} and
  * http_request_duration_seconds{service,route}; `route` is the pattern
  * ("unmatched" when none matched) so the label set stays bounded.
@@ -129,6 +130,13 @@ typedef struct azc_http_req azc_http_req;
  * ext-authz endpoint, which must see "/a/%2F.." as sent. Tried before the
  * other routes; no parameters. */
 #define AZC_ROUTE_PREFIX 0x04u
+/* QUIET: the access-log line of an answer below 500 is written at debug
+ * level, not info; 5xx answers and clients that closed stay at info. For
+ * a route answered tens of thousands of times a second whose outcomes are
+ * logged elsewhere (the gateway filter's decisions: the gateway's own
+ * access log has each request and its status). Metrics still count every
+ * request. */
+#define AZC_ROUTE_QUIET 0x08u
 
 #define AZC_HTTP_MAX_SEGMENTS 32     /* path segments in a pattern */
 #define AZC_HTTP_REQUEST_ID_MAX 64   /* accepted X-Request-Id length */

@@ -34,7 +34,14 @@
 
 #define AZC__HTTP_ALL_METHODS (AZC_HTTP_GET | AZC_HTTP_POST | AZC_HTTP_PUT | AZC_HTTP_PATCH | \
                                AZC_HTTP_DELETE | AZC_HTTP_HEAD)
-#define AZC__HTTP_ROUTE_FLAGS (AZC_ROUTE_JSON_BODY | AZC_ROUTE_PUBLIC | AZC_ROUTE_PREFIX)
+#define AZC__HTTP_ROUTE_FLAGS (AZC_ROUTE_JSON_BODY | AZC_ROUTE_PUBLIC | AZC_ROUTE_PREFIX | \
+                               AZC_ROUTE_QUIET)
+
+/* Access-log level of a route's answers: info; debug (the built-in
+ * probes); debug below 500 (AZC_ROUTE_QUIET). */
+#define AZC__HTTP_QUIET_NO 0
+#define AZC__HTTP_QUIET_ALL 1
+#define AZC__HTTP_QUIET_OK 2
 
 /* Methods evhttp knows that no route may register: they get 404 or 405
  * from the dispatcher (CONNECT: 501), and names in logs and metrics. */
@@ -51,7 +58,7 @@ struct azc__http_route {
     unsigned methods;
     unsigned flags;
     size_t max_body;    /* effective limit */
-    int quiet;          /* built-in probe: access log at debug level */
+    int quiet;          /* AZC__HTTP_QUIET_* */
     azc_http_handler handler;
     void *arg;
     char *pattern;      /* as registered; the route label */

@@ -87,7 +87,9 @@ static int add_routes(azc_http *h, const azc_http_route *routes, size_t n, void 
         /* The built-in probes answer load balancers without credentials. */
         rt->flags = in->flags | (quiet ? AZC_ROUTE_PUBLIC : 0);
         rt->max_body = in->max_body != 0 ? in->max_body : h->max_body;
-        rt->quiet = quiet;
+        rt->quiet = quiet                          ? AZC__HTTP_QUIET_ALL
+                    : (in->flags & AZC_ROUTE_QUIET) ? AZC__HTTP_QUIET_OK
+                                                    : AZC__HTTP_QUIET_NO;
         rt->handler = in->handler;
         rt->arg = arg;
         if (rt->max_body > largest)
@@ -184,7 +186,10 @@ void azc__http_access_record(azc_http_req *r, int status)
 {
     azc_http *h = r->h;
     double secs = seconds_since(&r->start);
-    azc_log_level lvl = r->quiet ? AZC_LOG_DEBUG : AZC_LOG_INFO;
+    int loud = status >= 500 || status == AZC__HTTP_STATUS_CLIENT_CLOSED;
+    azc_log_level lvl = r->quiet == AZC__HTTP_QUIET_ALL || (r->quiet == AZC__HTTP_QUIET_OK && !loud)
+                            ? AZC_LOG_DEBUG
+                            : AZC_LOG_INFO;
     const char *method = azc_http_method_name(r->method);
 
     if (h->m_requests != NULL) {

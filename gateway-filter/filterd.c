@@ -57,6 +57,7 @@ struct app {
     size_t nthreads;
     char method_header[HEADER_NAME_MAX], uri_header[HEADER_NAME_MAX], prefix[128];
     long long budget_ms;
+    unsigned access_flags;   /* AZC_ROUTE_QUIET unless log.access is "all" */
     worker workers[MAX_THREADS];
     struct {
         azc_metric *decisions, *latency, *waits, *wait_time, *lag, *staleness, *generation,
@@ -465,11 +466,11 @@ static int configure(void *arg, azc_service *svc, azc_err *e)
     static const azc_config_key own[] = {
         { "http", "addr" },          { "http", "port" },          { "http", "threads" },
         { "extauthz", "method_header" }, { "extauthz", "uri_header" },
-        { "extauthz", "path_prefix" }, { "log", "level" },
+        { "extauthz", "path_prefix" }, { "log", "level" }, { "log", "access" },
     };
     azc_config_key known[128];
     const azc_config_key *lib;
-    const char *addr, *prefix;
+    const char *addr, *prefix, *access;
     long long port, threads;
     size_t n, i;
     int rc;
@@ -492,8 +493,20 @@ static int configure(void *arg, azc_service *svc, azc_err *e)
         (rc = header_name(a->cfg, "uri_header", "X-Original-URI", a->uri_header,
                           sizeof a->uri_header, e)) ||
         (rc = azc_config_get_string(a->cfg, "extauthz", "path_prefix", "/ext-authz", &prefix,
-                                    e)))
+                                    e)) ||
+        (rc = azc_config_get_string(a->cfg, "log", "access", "errors", &access, e)))
         return rc;
+    /* A decision's access line costs more than the decision (a JSON line,
+     * a write and the stream's lock, per request): by default only the
+     * answers that say something is wrong (5xx) get one. */
+    if (strcmp(access, "all") == 0)
+        a->access_flags = 0;
+    else if (strcmp(access, "errors") == 0)
+        a->access_flags = AZC_ROUTE_QUIET;
+    else
+        return azc_err_set(e, AZC_EINVAL,
+                           "configuration: log.access must be \"all\" or \"errors\", not \"%s\"",
+                           access);
     if (strlen(addr) >= sizeof a->addr)
         return azc_err_set(e, AZC_EINVAL, "configuration: http.addr is too long");
     if (prefix[0] != '/' || prefix[1] == '\0' || strlen(prefix) >= sizeof a->prefix ||
@@ -513,9 +526,9 @@ static int start(void *arg, azc_service *svc, azc_err *e)
 {
     app *a = arg;
     const azc_http_route routes[] = {
-        { AZC_HTTP_GET, "/auth", auth_request, 0, 0 },
+        { AZC_HTTP_GET, "/auth", auth_request, a->access_flags, 0 },
         { AZC_HTTP_GET | AZC_HTTP_POST | AZC_HTTP_PUT | AZC_HTTP_PATCH | AZC_HTTP_DELETE,
-          a->prefix, ext_authz, AZC_ROUTE_PREFIX, 0 },
+          a->prefix, ext_authz, AZC_ROUTE_PREFIX | a->access_flags, 0 },
     };
     azc_http_options opts;
     struct timeval tv = { 1, 0 };

@@ -99,6 +99,18 @@ static void h_raw(azc_http_req *r, void *arg)
                                           "route", azc_http_req_route(r)));
 }
 
+/* Answers with the status its path names (AZC_ROUTE_QUIET). */
+static void h_quiet(azc_http_req *r, void *arg)
+{
+    int status = atoi(azc_http_req_param(r, "status"));
+
+    (void)arg;
+    if (status >= 400)
+        azc_http_reply_error(r, status, "asked", "asked for %d", status);
+    else
+        azc_http_reply_json(r, status, json_pack("{s:i}", "status", status));
+}
+
 static int ready_cb(void *arg, azc_err *why)
 {
     struct fixture *fx = arg;
@@ -119,6 +131,7 @@ static const azc_http_route test_routes[] = {
     { AZC_HTTP_GET, "/v1/noreply", h_noreply, 0, 0 },
     { AZC_HTTP_GET, "/v1/text", h_text, 0, 0 },
     { AZC_HTTP_GET | AZC_HTTP_POST, "/raw", h_raw, AZC_ROUTE_PREFIX, 0 },
+    { AZC_HTTP_GET, "/v1/quiet/{status}", h_quiet, AZC_ROUTE_QUIET, 0 },
 };
 
 static int setup(void **state)
@@ -560,6 +573,55 @@ static void test_probes(void **state)
                                          "\"msg\":\"request\""));
 }
 
+/* The level of the access line of the request to `route` answered with
+ * `status`, from the captured log; NULL when there is none. */
+static const char *access_level(struct fixture *fx, const char *route, int status)
+{
+    static char level[16];
+    const char *p = log_text(fx);
+
+    while (p != NULL && *p != '\0') {
+        const char *nl = strchr(p, '\n');
+        json_t *line = json_loadb(p, nl != NULL ? (size_t)(nl - p) : strlen(p), 0, NULL);
+        const char *r = json_string_value(json_object_get(line, "route"));
+        const char *msg = json_string_value(json_object_get(line, "msg"));
+
+        if (r != NULL && msg != NULL && strcmp(r, route) == 0 && strcmp(msg, "request") == 0 &&
+            json_integer_value(json_object_get(line, "status")) == status) {
+            snprintf(level, sizeof level, "%s",
+                     json_string_value(json_object_get(line, "level")));
+            json_decref(line);
+            return level;
+        }
+        json_decref(line);
+        p = nl != NULL ? nl + 1 : NULL;
+    }
+    return NULL;
+}
+
+static void test_quiet_route(void **state)
+{
+    static const int statuses[] = { 200, 403, 503 };
+    struct fixture *fx = *state;
+    struct response resp;
+    char path[32];
+    size_t i;
+
+    for (i = 0; i < sizeof statuses / sizeof statuses[0]; i++) {
+        snprintf(path, sizeof path, "/v1/quiet/%d", statuses[i]);
+        request(fx, EVHTTP_REQ_GET, path, NULL, NULL, &resp);
+        assert_int_equal(resp.status, statuses[i]);
+        response_clear(&resp);
+    }
+    /* Below 500 at debug, a 5xx at info; other routes at info. */
+    assert_string_equal(access_level(fx, "/v1/quiet/{status}", 200), "debug");
+    assert_string_equal(access_level(fx, "/v1/quiet/{status}", 403), "debug");
+    assert_string_equal(access_level(fx, "/v1/quiet/{status}", 503), "info");
+    request(fx, EVHTTP_REQ_GET, "/v1/teams/a", NULL, NULL, &resp);
+    response_clear(&resp);
+    assert_string_equal(access_level(fx, "/v1/teams/{id}", 200), "info");
+}
+
 static void test_metrics_endpoint(void **state)
 {
     struct fixture *fx = *state;
@@ -740,6 +802,7 @@ int main(void)
         T(test_query_string),
         T(test_request_id),
         T(test_probes),
+        T(test_quiet_route),
         T(test_metrics_endpoint),
         T(test_no_registry),
         T(test_double_reply),

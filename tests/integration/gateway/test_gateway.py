@@ -16,14 +16,16 @@ auth_request. Every request here goes through a region's nginx.
 - an origin cut off for longer than max_staleness: decisions that depend
   on it are 503, decisions granted by the other origins still answer.
 """
+import json
 import os
 import random
+import subprocess
 import time
 
 import requests
 
 import conftest as rc
-from conftest import DELAY_MS, STALENESS_MS, fresh, metric, token
+from conftest import BIN, DELAY_MS, REPO, STALENESS_MS, fresh, metric, token
 
 SEED = int(os.environ.get("AUTHZ_TEST_SEED", str(int(time.time()))))
 wait_until = rc.wait_until
@@ -213,5 +215,33 @@ def test_filterd_contracts_directly(lc):
     assert r.status_code == 403, r.text  # POST maps to another action, not granted
     m = eu.metrics()
     assert metric(m, "filter_decisions_total", outcome="allow", reason="allowed") >= 2, m
-    assert metric(m, "filter_policy_loaded") == 1
-    assert metric(m, "filter_index_assignments") >= 1
+    # The index gauges follow once a second (filterd's tick).
+    m = wait_until(lambda: (lambda t: t if metric(t, "filter_policy_loaded") == 1 and
+                            (metric(t, "filter_index_assignments") or 0) >= 1 else None)(
+                                eu.metrics()), 10, "the index gauges")
+    # log.access "errors" (the default): decisions are counted, but only a
+    # 5xx answer gets an access line at info.
+    assert metric(m, "http_requests_total", service="filter", route="/auth", method="GET",
+                  code="200") >= 1, m
+    with open(os.path.join(lc.run, "logs", "filter-eu.log"), errors="replace") as f:
+        lines = [json.loads(x) for x in f if x.startswith("{")]
+    loud = [x for x in lines if x.get("msg") == "request" and x.get("level") == "info" and
+            x.get("route") in ("/auth", "/ext-authz") and x.get("status", 0) < 500]
+    assert not loud, loud[:3]
+
+
+def test_filterd_log_access_setting(lc, tmp_path):
+    """log.access takes "all" or "errors"; anything else stops the start
+    with a message that names the key."""
+    conf = tmp_path / "filter.json"
+    conf.write_text(json.dumps({
+        "service": {"region": "eu", "regions": "us,eu,ap"},
+        "policy": {"url": "http://127.0.0.1:1"},
+        "routes": {"file": os.path.join(REPO, "gateway-filter", "routes", "demo.json")},
+        "jwt": {"keys_file": os.path.join(REPO, ".dev", "keys", "keys.json"),
+                "issuer": "authz-dev", "audience": "authz-gateway"},
+        "log": {"access": "some"}}))
+    r = subprocess.run([os.path.join(BIN, "authz-filterd"), "--config", str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert 'log.access must be "all" or "errors"' in r.stderr, r.stderr
