@@ -9,6 +9,7 @@
 #define AZ_FEED_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/time.h>
 
 #include <event2/util.h>
@@ -22,6 +23,12 @@
 /* Marks a malformed answer of the store: the reply is 500, never a retry
  * hint (503), since asking again gets the same text. */
 #define MALFORMED AZC_EINVAL
+
+/* Heartbeat answers go out paced (az__feed_pace): a rate per millisecond,
+ * counted from the time of the previous slice. */
+typedef struct az_pace {
+    uint64_t last_us;          /* monotonic time of the last slice; 0: none yet */
+} az_pace;
 
 typedef struct waiter {
     az_feed *f;
@@ -82,7 +89,8 @@ struct az_feed {
     stream **ssorted;          /* wake-up scratch for streams, capacity scap */
     size_t scap;
     struct event *catch_up;    /* serves the streams that drained with something due */
-    struct event *wm_due;      /* answers the waiters with wm_due set, a slice a turn */
+    struct event *wm_due;      /* answers the waiters with wm_due set, paced */
+    az_pace wm_pace, catch_up_pace;
     struct timeval keepalive;  /* the interval, and the common-timeout form of it */
     const struct timeval *keepalive_tv;
     struct evbuffer *out;      /* reply scratch */
@@ -156,6 +164,17 @@ void az__feed_catch_up_soon(az_feed *f);
 /* Runs ev (a timer of f's loop) at the next turn of the loop; `what`
  * names it in the warning if it cannot be scheduled. */
 void az__feed_run_soon(az_feed *f, struct event *ev, const char *what);
+/* How many of `due` followers the slice that runs now answers: the pace's
+ * rate (AZ_PACE_PER_MS a millisecond, or enough to answer `due` within
+ * AZ_PACE_SPREAD_MAX_MS) times the time since its previous slice, up to
+ * 4 ms (a 1 ms timer may fire late: the loop is busy, or its timers follow
+ * the kernel's tick); one millisecond's worth for the first slice of a
+ * pass, or after a longer gap, which must not turn into a burst. */
+#define AZ_PACE_PER_MS 8
+#define AZ_PACE_SPREAD_MAX_MS 100
+size_t az__feed_pace(az_pace *p, size_t due);
+/* Runs ev (a timer of f's loop) again in a millisecond. */
+void az__feed_run_paced(az_feed *f, struct event *ev, const char *what);
 /* Answers r as a stream (see feed.c). */
 void az__feed_start_stream(az_feed *f, azc_http_req *r, long long after, int limit, int want_wm,
                            const char *exclude);

@@ -173,24 +173,25 @@ size_t az__feed_stream_answer_from(az_feed *f, const feed_read *rd, stream **lis
     return keep;
 }
 
-/* Streams served per turn of the loop by a catch-up: a heartbeat's lines
- * to thousands of streams go out a slice at a time, with the loop's other
- * events (checks) run between slices rather than behind all of them. */
-#define CATCH_UP_SLICE 64
+/* Streams served by a catch-up: a heartbeat's lines to thousands of
+ * streams go out paced (az__feed_pace), so that checks neither wait
+ * behind them in the loop nor for the core (see on_wm_due in feed.c: the
+ * same reasoning, at about 20 us a line). A commit's lines do not wait:
+ * its wake-up writes to every stream that is not busy at once. */
 
 void az__feed_catch_up_soon(az_feed *f)
 {
     az__feed_run_soon(f, f->catch_up, "a stream catch-up");
 }
 
-/* Streams whose line is out and that have something due, CATCH_UP_SLICE
- * of them (the rest at the next turn): those at the head of a current
- * last read are answered from it, the others by one read shared by all. */
+/* Streams whose line is out and that have something due, a slice of them
+ * (the rest a millisecond later): those at the head of a current last
+ * read are answered from it, the others by one read shared by all. */
 void az__feed_on_catch_up(evutil_socket_t fd, short what, void *arg)
 {
     az_feed *f = arg;
     stream *st;
-    size_t m = 0, i, keep = 0;
+    size_t m = 0, i, keep = 0, due = 0, slice;
 
     (void)fd;
     (void)what;
@@ -199,10 +200,13 @@ void az__feed_on_catch_up(evutil_socket_t fd, short what, void *arg)
         azc_logf(f->w->sh->log, AZC_LOG_ERROR, "feed: out of memory serving streams");
         return;
     }
+    for (st = f->streams; st != NULL; st = st->next)
+        due += st->pending && !st->busy;
+    slice = az__feed_pace(&f->catch_up_pace, due);
     for (st = f->streams; st != NULL; st = st->next) {
         if (st->pending && !st->busy) {
-            if (m == CATCH_UP_SLICE) {
-                az__feed_catch_up_soon(f);
+            if (m == slice) {
+                az__feed_run_paced(f, f->catch_up, "a stream catch-up");
                 break;
             }
             f->ssorted[m++] = st;

@@ -205,10 +205,10 @@ static int worker_init(app *a, az_worker *w, int index, azc_err *e)
     memset(&link_opts, 0, sizeof link_opts);
     w->sh = &a->sh;
     w->index = index;
-    w->base = event_base_new();
-    /* Priorities before any event: feed streams run in the background. */
-    if (w->base == NULL || event_base_priority_init(w->base, AZC_LOOP_PRIORITIES) != 0)
-        return azc_err_set(e, AZC_ERROR, "cannot create an event loop");
+    /* Priorities (feed streams run in the background) and precise timers
+     * (the feed paces heartbeat answers a slice per millisecond). */
+    if ((w->base = azc_http_loop_new(e)) == NULL)
+        return AZC_ERROR;
     link_opts.application_name = "authz-server";
     link_opts.statement_timeout_ms = AZ_STATEMENT_TIMEOUT_MS;
     link_opts.on_state = on_db_state;

@@ -305,6 +305,16 @@ int azc_http_req_add_header(azc_http_req *r, const char *name, const char *value
 #define AZC_LOOP_PRIO_BACKGROUND 2
 int azc_http_req_background(azc_http_req *r) AZC_WARN_UNUSED;
 
+/*
+ * A new loop with AZC_LOOP_PRIORITIES priorities and precise timers
+ * (EVENT_BASE_FLAG_PRECISE_TIMER: a timerfd on Linux, so that a timer of
+ * 1 ms fires after about 1 ms; without it epoll's timeout follows the
+ * kernel's tick, 4 ms on a 250 Hz kernel), for background work paced a
+ * slice per millisecond; the price is a system call per loop turn that
+ * has a timer to set. Free with event_base_free; NULL with e filled.
+ */
+struct event_base *azc_http_loop_new(azc_err *e);
+
 /* ---- replies ----------------------------------------------------------
  * Exactly one per request. A second one is a bug: it is logged (error) and
  * ignored. After the reply of a deferred request, r is freed. A status

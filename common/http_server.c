@@ -313,6 +313,28 @@ int azc_http_req_background(azc_http_req *r)
     return AZC_OK;
 }
 
+struct event_base *azc_http_loop_new(azc_err *e)
+{
+    struct event_config *cfg = event_config_new();
+    struct event_base *base = NULL;
+
+    if (cfg != NULL && event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER) == 0)
+        base = event_base_new_with_config(cfg);
+    if (cfg != NULL) /* libevent's free does not take NULL */
+        event_config_free(cfg);
+    if (base == NULL) {
+        azc_err_set(e, AZC_ERROR, "cannot create an event loop");
+        return NULL;
+    }
+    /* Before any event is made: a new event takes the middle priority. */
+    if (event_base_priority_init(base, AZC_LOOP_PRIORITIES) != 0) {
+        event_base_free(base);
+        azc_err_set(e, AZC_ERROR, "cannot set the event loop's priorities");
+        return NULL;
+    }
+    return base;
+}
+
 int azc_http_req_add_header(azc_http_req *r, const char *name, const char *value)
 {
     if (r->replied || r->closing) {

@@ -579,6 +579,35 @@ def test_watermarks_from_memory(quiet):
     close_streams(quiet, st)
 
 
+def test_heartbeat_answers_are_paced(quiet):
+    """A raise due to 400 long polls reaches every one of them, and not back
+    to back: each worker answers a few a millisecond (az__feed_pace), so
+    that its core stays free for checks, and the last answer comes well
+    after the first. Load on the machine only makes the spread longer."""
+    cur = head(quiet)
+    polls = [Poll(quiet, after=cur, wait=30000, watermarks=1) for _ in range(400)]
+    waiters(quiet, 400)
+    raise_watermark(quiet, "zp", 7, 8)
+    pending = {p.conn.sock: p for p in polls}
+    seen = []
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        ready, _, _ = select.select(list(pending), [], [], 1)
+        t = time.monotonic()
+        for sock in ready:
+            seen.append(t)
+            del pending[sock]
+    assert not pending, f"{len(pending)} of 400 waiters never answered"
+    for p in polls:
+        status, _, body = p.result()
+        assert status == 200 and body["changes"] == [], body
+        assert body["watermarks"]["zp"] == {"applied": 7, "known": 8}, body
+    # 400 waiters on two workers, one of them holding at least 200: paced
+    # at 8 a millisecond that worker alone takes some 25 ms.
+    assert max(seen) - min(seen) >= 0.015, (min(seen), max(seen))
+    waiters(quiet, 0)
+
+
 def test_stream_limit_cuts_messages(quiet):
     cur = head(quiet)
     s = Stream(quiet, after=cur, limit=1)
