@@ -434,14 +434,13 @@ read:
 static void on_wm_due(evutil_socket_t fd, short what, void *arg)
 {
     az_feed *f = arg;
-    size_t n = 0, hn = 0, i, due = 0, slice;
+    /* Paced on the waiters that want watermarks (a count kept as they
+     * come and go), not a walk of the list to count those due. */
+    size_t n = 0, hn = 0, i, slice = az__feed_pace(&f->wm_pace, f->nwant_wm);
     waiter *wt;
 
     (void)fd;
     (void)what;
-    for (wt = f->head; wt != NULL; wt = wt->next)
-        due += wt->wm_due != 0;
-    slice = az__feed_pace(&f->wm_pace, due);
     if (az__feed_grow_scratch(f, slice, 0) != 0) {
         /* They are answered at their deadlines, or by the next wake-up. */
         azc_logf(f->w->sh->log, AZC_LOG_ERROR, "feed: out of memory answering waiters");

@@ -164,9 +164,10 @@ void az__feed_catch_up_soon(az_feed *f);
 /* Runs ev (a timer of f's loop) at the next turn of the loop; `what`
  * names it in the warning if it cannot be scheduled. */
 void az__feed_run_soon(az_feed *f, struct event *ev, const char *what);
-/* How many of `due` followers the slice that runs now answers: the pace's
- * rate (AZ_PACE_PER_MS a millisecond, or enough to answer `due` within
- * AZ_PACE_SPREAD_MAX_MS) times the time since its previous slice, up to
+/* How many followers the slice that runs now answers, of at most `due`:
+ * the pace's rate (AZ_PACE_PER_MS a millisecond, or enough to answer
+ * `due` within AZ_PACE_SPREAD_MAX_MS) times the time since its previous
+ * slice, up to
  * 4 ms (a 1 ms timer may fire late: the loop is busy, or its timers follow
  * the kernel's tick); one millisecond's worth for the first slice of a
  * pass, or after a longer gap, which must not turn into a burst. */

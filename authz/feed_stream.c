@@ -191,7 +191,8 @@ void az__feed_on_catch_up(evutil_socket_t fd, short what, void *arg)
 {
     az_feed *f = arg;
     stream *st;
-    size_t m = 0, i, keep = 0, due = 0, slice;
+    /* Paced on the open streams, a count kept as they come and go. */
+    size_t m = 0, i, keep = 0, slice = az__feed_pace(&f->catch_up_pace, f->nstreams);
 
     (void)fd;
     (void)what;
@@ -200,9 +201,6 @@ void az__feed_on_catch_up(evutil_socket_t fd, short what, void *arg)
         azc_logf(f->w->sh->log, AZC_LOG_ERROR, "feed: out of memory serving streams");
         return;
     }
-    for (st = f->streams; st != NULL; st = st->next)
-        due += st->pending && !st->busy;
-    slice = az__feed_pace(&f->catch_up_pace, due);
     for (st = f->streams; st != NULL; st = st->next) {
         if (st->pending && !st->busy) {
             if (m == slice) {

@@ -35,8 +35,9 @@
  * the C checks but fails in PostgreSQL (a uuid that is not one, a CHECK)
  * would abort the transaction, so the batch first runs without
  * savepoints, its run statements pipelined (libpq pipeline mode: a few
- * round trips per batch), and, only when a statement fails for a row's data, is rolled back and
- * run again row by row with a savepoint around each row: the bad row
+ * round trips per batch), and, only when a statement fails for a row's
+ * data, is rolled back and run again row by row with a savepoint around
+ * each row: the bad row
  * becomes a dead letter with PostgreSQL's reason, the rest applies.
  *
  * The peer's cursor is stored, and its watermarks adopted, in the same
