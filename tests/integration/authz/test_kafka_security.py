@@ -106,7 +106,13 @@ def test_refused_connection_loses_nothing(cluster, workdir, keys, case):
     try:
         admin = Client(ident.url, keys.token())
         subject = f"kept-{uuid.uuid4().hex[:8]}"
-        u = admin.post("/v1/users", {"subject": subject, "email": "k@x.io", "name": "K"})
+        # Started without waiting for ready (the broker refuses it): its
+        # database link may still be connecting, which answers 503 and
+        # commits nothing, so the write is retried past that.
+        # (A tuple: a Response with a 4xx status is falsy.)
+        u, = wait_until(lambda: (lambda r: (r,) if r.status_code != 503 else None)(
+            admin.post("/v1/users", {"subject": subject, "email": "k@x.io", "name": "K"})),
+            30, "the identity service's database link")
         assert u.status_code == 201, u.text
         wait_until(lambda: log_has(ident.log, why), 60, f"the relay logging {why!r}")
         # Committed, not published: the outbox keeps it.
